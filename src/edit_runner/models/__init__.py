@@ -1,0 +1,1 @@
+"""Model loading, the per-architecture layout table, activation hooks and tokenization helpers."""
