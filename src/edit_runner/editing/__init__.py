@@ -1,0 +1,1 @@
+"""Locate-then-edit machinery: keys, targets, covariance, closed-form solvers, algorithms, wrappers."""
