@@ -1,0 +1,1 @@
+"""Evaluation: batched edit scoring, CounterFact/zsRE metrics, collapse, downstream tasks and model-health trackers."""

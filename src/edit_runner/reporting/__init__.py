@@ -1,0 +1,1 @@
+"""Reporting: tables in the papers' layouts and plots of tracked series."""
