@@ -45,6 +45,7 @@ class EditRecord:
     generation_prompts: tuple[str, ...] = ()
     relation_id: str | None = None
     neighbor_subjects_known: bool = field(default=False)
+    train_neighbors: tuple[NeighborPrompt, ...] = ()
 
     @property
     def rewrite_prompt(self) -> str:

@@ -1,0 +1,310 @@
+"""The optimization stage shared by every locate-then-edit method (SPEC C §1.5, §2, §4, §7.1).
+
+For a chunk of records at once, a free vector δ per record (and per site) is added to the output of
+the site module(s) at each prompt's subject-last token, and optimized with Adam on
+``NLL(new object | prefixed prompts) + KL + weight decay`` with a norm clamp. Adam is element-wise,
+so optimizing the stacked δs of several records equals optimizing each alone; a record that meets a
+stop rule is frozen. Wrappers plug in as extra loss rows (NA/NAP) and stop rules (MPES).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from edit_runner.data.record import EditRecord
+from edit_runner.editing.context import ContextTemplates
+from edit_runner.errors import OptimizationError
+from edit_runner.models.hooks import trace
+from edit_runner.models.tokens import FilledPrompt, encode_prompts, fill_template, target_token_ids
+
+LOSS_THRESHOLD = 5e-2
+KL_PROMPT = "{} is a"
+
+
+@dataclass(frozen=True)
+class LossRow:
+    """One prompt of the optimization batch: which record's δ it sees, where, and what it must predict."""
+
+    record: int
+    prompt: FilledPrompt
+    target: tuple[int, ...]
+    kind: str  # "rewrite" | "kl" | "neighbor"
+    template_index: int = 0
+    norm_len: int = 1
+
+
+@dataclass
+class OptimizationSettings:
+    """Hyper-parameters of the optimization stage."""
+
+    sites: tuple[str, ...]
+    num_steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    nll_loss_factor: float = 1.0
+    pmet_rule: bool = False
+    neighbor_weight: float = 1.0
+    pooled_neighbors: bool = False
+    chunk: int = 16
+
+
+@dataclass
+class StepStats:
+    """Per-record quantities of one optimization step, handed to the stop rules."""
+
+    step: int
+    rewrite_nll: torch.Tensor
+    all_argmax: torch.Tensor
+    prefixed_all_argmax: torch.Tensor
+    kl: torch.Tensor
+
+
+class StopRule(Protocol):
+    """A stop rule of the optimization stage (e.g. MPES); fresh state per chunk via :meth:`reset`."""
+
+    def reset(self, num_records: int) -> None:
+        """Start a new chunk of ``num_records`` records."""
+
+    def should_stop(self, stats: StepStats) -> torch.Tensor:
+        """Boolean per record: stop now with the current δ."""
+
+
+class ExtraRows(Protocol):
+    """A loss term that contributes extra prompts (neighbor-assisted editing)."""
+
+    def rows(self, records: list[EditRecord], templates: ContextTemplates, tokenizer) -> list[LossRow]:
+        """Extra loss rows for ``records`` (``LossRow.record`` indexes into ``records``)."""
+
+
+@dataclass
+class TargetResult:
+    """Target vectors and optimization statistics for a list of records (columns = records)."""
+
+    z: dict[str, torch.Tensor]
+    h_init: dict[str, torch.Tensor]
+    delta: dict[str, torch.Tensor]
+    steps: torch.Tensor
+    init_nll: torch.Tensor
+    final_nll: torch.Tensor
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def rewrite_rows(records: list[EditRecord], templates: ContextTemplates, tokenizer, *, with_kl: bool = True) -> list[LossRow]:
+    """The rewriting prompts (every template × record, target prefix appended) and the KL prompts."""
+    rows: list[LossRow] = []
+    for r, record in enumerate(records):
+        target = tuple(target_token_ids(tokenizer, record.target_new))
+        for t, template in enumerate(templates.flat):
+            prompt = fill_template(template.replace("{}", record.prompt), record.subject)
+            rows.append(LossRow(r, prompt, target, "rewrite", t, len(target)))
+        if with_kl:
+            rows.append(LossRow(r, fill_template(KL_PROMPT, record.subject), (), "kl", 0, 1))
+    return rows
+
+
+class _DeltaInjector:
+    """Adds δ[site][record] at each row's subject-last token of the site outputs; records h_init."""
+
+    def __init__(self, delta: torch.Tensor, sites: tuple[str, ...], row_record: torch.Tensor, lookup: torch.Tensor, first_rows: torch.Tensor):
+        self.delta = delta
+        self.site_index = {name: i for i, name in enumerate(sites)}
+        self.row_record = row_record
+        self.lookup = lookup
+        self.first_rows = first_rows
+        self.h_init: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
+        if name not in self.h_init:
+            self.h_init[name] = hidden[self.first_rows, self.lookup[self.first_rows]].detach().float().clone()
+        values = self.delta[self.site_index[name]][self.row_record].to(hidden.dtype)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden.index_put((rows, self.lookup), values, accumulate=True)
+
+
+def _target_positions(rows: list[LossRow], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flattened (row, position, token) triples of every target token (position predicts the token)."""
+    row_idx, pos_idx, tok_ids, owner = [], [], [], []
+    for i, row in enumerate(rows):
+        length = int(lengths[i])
+        count = len(row.target)
+        for j, token in enumerate(row.target):
+            row_idx.append(i)
+            pos_idx.append(length - count + j)
+            tok_ids.append(token)
+            owner.append(i)
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return as_long(row_idx), as_long(pos_idx), as_long(tok_ids), as_long(owner)
+
+
+def _segment_mean(values: torch.Tensor, segments: torch.Tensor, num: int) -> torch.Tensor:
+    total = torch.zeros(num, dtype=values.dtype, device=values.device).index_add(0, segments, values)
+    count = torch.zeros(num, dtype=values.dtype, device=values.device).index_add(0, segments, torch.ones_like(values))
+    return total / count.clamp(min=1)
+
+
+def _segment_all(flags: torch.Tensor, segments: torch.Tensor, num: int) -> torch.Tensor:
+    bad = torch.zeros(num, dtype=torch.long, device=flags.device).index_add(0, segments, (~flags).long())
+    return bad == 0
+
+
+def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, stop_rules) -> TargetResult:
+    device = next(model.parameters()).device
+    m = len(records)
+    rows = rewrite_rows(records, templates, tokenizer)
+    for term in extra_rows:
+        rows += term.rows(records, templates, tokenizer)
+    batch = encode_prompts(tokenizer, [r.prompt for r in rows], [list(r.target[:-1]) for r in rows]).to(device)
+    row_record = torch.tensor([r.record for r in rows], device=device)
+    kinds = [r.kind for r in rows]
+    first_rows = torch.tensor([next(i for i, r in enumerate(rows) if r.record == k and r.kind == "rewrite" and r.template_index == 0) for k in range(m)], device=device)
+    kl_rows = torch.tensor([i for i, k in enumerate(kinds) if k == "kl"], device=device)
+    kl_record = row_record[kl_rows]
+    row_i, pos_i, tok_i, _ = (t.to(device) for t in _target_positions(rows, batch.lengths.cpu()))
+    norm_len = torch.tensor([float(r.norm_len) for r in rows], device=device)
+    is_rewrite = torch.tensor([k == "rewrite" for k in kinds], device=device)
+    is_neighbor = torch.tensor([k == "neighbor" for k in kinds], device=device)
+    is_prefixed = torch.tensor([r.kind == "rewrite" and r.template_index > 0 for r in rows], device=device)
+
+    hidden_size = model.config.hidden_size
+    delta = torch.zeros((len(settings.sites), m, hidden_size), device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=settings.lr)
+    injector = _DeltaInjector(delta, settings.sites, row_record, batch.subject_last, first_rows)
+    lm_head = model.get_output_embeddings()
+    base = model.base_model
+
+    for rule in stop_rules:
+        rule.reset(m)
+    active = torch.ones(m, dtype=torch.bool, device=device)
+    steps = torch.zeros(m, dtype=torch.long)
+    init_nll = torch.zeros(m)
+    final_nll = torch.zeros(m)
+    nll_weight = torch.full((m,), settings.nll_loss_factor, device=device)
+    kl_init = None
+    for step in range(settings.num_steps):
+        with trace(model, settings.sites, edit_output=injector):
+            hidden = base(**batch.model_inputs()).last_hidden_state
+        target_logp = torch.log_softmax(lm_head(hidden[row_i, pos_i]).float(), dim=-1)
+        token_logp = target_logp.gather(1, tok_i[:, None]).squeeze(1)
+        argmax_ok = target_logp.argmax(dim=-1) == tok_i
+        row_sum = torch.zeros(len(rows), device=device).index_add(0, row_i, token_logp)
+        row_nll = -row_sum / norm_len
+        rewrite_nll = _segment_mean(row_nll[is_rewrite], row_record[is_rewrite], m)
+        nll = rewrite_nll
+        if is_neighbor.any():
+            if settings.pooled_neighbors:
+                pooled = is_rewrite | is_neighbor
+                nll = _segment_mean(row_nll[pooled], row_record[pooled], m)
+            else:
+                nll = rewrite_nll + settings.neighbor_weight * _segment_mean(row_nll[is_neighbor], row_record[is_neighbor], m)
+        kl_logp = torch.log_softmax(lm_head(hidden[kl_rows, batch.subject_last[kl_rows]]).float(), dim=-1)
+        if kl_init is None:
+            kl_init = kl_logp.detach().clone()
+        kl_per_row = (kl_logp.exp() * (kl_logp - kl_init)).sum(dim=-1)
+        kl = settings.kl_factor * torch.zeros(m, device=device).index_add(0, kl_record, kl_per_row)
+        h_norms = torch.stack([injector.h_init[s].norm(dim=-1) for s in settings.sites])
+        weight_decay = settings.weight_decay * (delta.norm(dim=-1) / h_norms**2).sum(dim=0)
+        loss = nll_weight * nll + kl + weight_decay
+        if not torch.isfinite(loss).all():
+            bad = [records[i].case_id for i in torch.nonzero(~torch.isfinite(loss)).flatten().tolist()]
+            raise OptimizationError(
+                f"target optimization diverged (NaN/inf loss) for record case_id={', '.join(map(str, bad))}; "
+                "lower algo.v_lr or raise algo.v_weight_decay"
+            )
+        current = rewrite_nll.detach().cpu()
+        if step == 0:
+            init_nll = current.clone()
+        final_nll = torch.where(active.cpu(), current, final_nll)
+        steps = torch.where(active.cpu(), torch.full_like(steps, step), steps)
+
+        per_token_record = row_record[row_i]
+        all_argmax = _segment_all(argmax_ok[is_rewrite[row_i]], per_token_record[is_rewrite[row_i]], m)
+        prefixed = is_prefixed[row_i]
+        prefixed_ok = _segment_all(argmax_ok[prefixed], per_token_record[prefixed], m) if prefixed.any() else all_argmax
+        stats = StepStats(step, rewrite_nll.detach(), all_argmax, prefixed_ok, kl.detach())
+        stop = loss.detach() < LOSS_THRESHOLD
+        for rule in stop_rules:
+            stop |= rule.should_stop(stats).to(device)
+        if settings.pmet_rule:
+            stop |= all_argmax & (kl.detach() <= 0.01)
+            nll_weight = torch.where(all_argmax, 0.1 * settings.nll_loss_factor, settings.nll_loss_factor)
+        if step == settings.num_steps - 1:
+            stop[:] = True
+        active &= ~stop
+        if not active.any():
+            break
+        (loss * active).sum().backward()
+        before = delta.detach().clone()
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            delta[:, ~active] = before[:, ~active]
+            limit = settings.clamp_norm_factor * h_norms
+            norms = delta.norm(dim=-1)
+            delta.mul_(torch.clamp(limit / norms.clamp(min=1e-12), max=1.0)[..., None])
+
+    final_delta = delta.detach()
+    return TargetResult(
+        z={s: (injector.h_init[s] + final_delta[i]).T.contiguous() for i, s in enumerate(settings.sites)},
+        h_init={s: injector.h_init[s].T.contiguous() for s in settings.sites},
+        delta={s: final_delta[i].T.contiguous() for i, s in enumerate(settings.sites)},
+        steps=steps,
+        init_nll=init_nll,
+        final_nll=final_nll,
+    )
+
+
+def optimize_targets(
+    model: torch.nn.Module,
+    tokenizer,
+    records: list[EditRecord],
+    templates: ContextTemplates,
+    settings: OptimizationSettings,
+    extra_rows: tuple[ExtraRows, ...] = (),
+    stop_rules: tuple[StopRule, ...] = (),
+) -> TargetResult:
+    """Optimize the target vectors of ``records`` in chunks of ``settings.chunk`` records.
+
+    Returns ``z = h_init + δ`` per site (``d × n``), the number of Adam steps each record used,
+    and the rewrite NLL at the first (δ = 0) and last evaluated step (for p̄ of iterative editing).
+    """
+    parts = [
+        _optimize_chunk(model, tokenizer, records[i : i + settings.chunk], templates, settings, extra_rows, stop_rules)
+        for i in range(0, len(records), settings.chunk)
+    ]
+    cat = lambda key: {s: torch.cat([getattr(p, key)[s] for p in parts], dim=1) for s in settings.sites}  # noqa: E731
+    return TargetResult(
+        z=cat("z"),
+        h_init=cat("h_init"),
+        delta=cat("delta"),
+        steps=torch.cat([p.steps for p in parts]),
+        init_nll=torch.cat([p.init_nll for p in parts]),
+        final_nll=torch.cat([p.final_nll for p in parts]),
+    )
+
+
+@torch.no_grad()
+def rewrite_nll(model: torch.nn.Module, tokenizer, records: list[EditRecord], templates: ContextTemplates, batch_size: int = 64) -> torch.Tensor:
+    """Per-record mean (over rewriting prompts) per-token NLL of the new object with δ = 0.
+
+    This is the quantity behind p̂_k of iterative editing (SPEC B §9): the same prompts and
+    normalisation as the optimization stage, measured on the current weights.
+    """
+    device = next(model.parameters()).device
+    rows = rewrite_rows(records, templates, tokenizer, with_kl=False)
+    lm_head = model.get_output_embeddings()
+    row_nll = torch.zeros(len(rows))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = encode_prompts(tokenizer, [r.prompt for r in chunk], [list(r.target[:-1]) for r in chunk]).to(device)
+        row_i, pos_i, tok_i, _ = (t.to(device) for t in _target_positions(chunk, batch.lengths.cpu()))
+        hidden = model.base_model(**batch.model_inputs()).last_hidden_state
+        logp = torch.log_softmax(lm_head(hidden[row_i, pos_i]).float(), dim=-1).gather(1, tok_i[:, None]).squeeze(1)
+        sums = torch.zeros(len(chunk), device=device).index_add(0, row_i, logp)
+        row_nll[start : start + len(chunk)] = (-sums / torch.tensor([float(r.norm_len) for r in chunk], device=device)).cpu()
+    record_of = torch.tensor([r.record for r in rows])
+    return _segment_mean(row_nll, record_of, len(records))

@@ -1,0 +1,123 @@
+"""Model health during long sequential runs, on the ``eval.every_n_edits`` schedule (issue 5).
+
+Collects, at each scheduled point: edit metrics of the edits so far, fact forgetting, per-layer
+norm growth, the collapse check (ME-PPL with an alarm), downstream few-shot tasks, optional
+lm-eval tasks and generation fluency. All series are tidy rows that survive resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from edit_runner.data.record import EditRecord
+from edit_runner.evaluation.edit_metrics import evaluate_records, summarize
+from edit_runner.evaluation.health import forgetting_stats, layer_norm_stats, ngram_entropy, perplexity_alarm
+from edit_runner.evaluation.perplexity import evaluate_perplexity
+from edit_runner.models.layout import weight_matrix
+from edit_runner.reporting.plots import series_rows
+
+
+def record_success(row: dict[str, Any]) -> bool:
+    """Whether a record's edit holds: efficacy success (CounterFact) or full token accuracy (zsRE)."""
+    value = row.get("efficacy_success")
+    if value is None:
+        value = row.get("efficacy_accuracy", 0.0)
+    return float(value) >= 0.5 if row.get("efficacy_success") is not None else float(value) >= 1.0
+
+
+@torch.no_grad()
+def greedy_texts(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
+    """Greedy generations (left-padded batch) for the fluency metric."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    finally:
+        tokenizer.padding_side = side
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+class HealthTracker:
+    """Measures model health after scheduled steps; state (first evaluations, rows) is checkpointable."""
+
+    def __init__(self, cfg: DictConfig, modules: list[str], original: dict[str, torch.Tensor], baseline_ppl: float | None) -> None:
+        self.cfg = cfg
+        self.modules = modules
+        self.original = original
+        self.baseline_ppl = baseline_ppl
+        self.first_eval: dict[str, bool] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.alarms: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state."""
+        return {"first_eval": dict(self.first_eval), "rows": list(self.rows), "alarms": list(self.alarms)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.first_eval = dict(state["first_eval"])
+        self.rows = list(state["rows"])
+        self.alarms = list(state["alarms"])
+
+    def note_step_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Remember each edit's success right after its own step (the forgetting baseline)."""
+        for row in rows:
+            self.first_eval.setdefault(str(row["case_id"]), record_success(row))
+
+    def measure(self, model: torch.nn.Module, tokenizer, num_edits: int, edited: list[EditRecord]) -> dict[str, Any]:
+        """Run every enabled tracker now and append their rows; returns this point's values."""
+        cfg = self.cfg.eval
+        point: dict[str, Any] = {"num_edits": num_edits}
+        sample = edited
+        if cfg.forgetting_sample and len(edited) > cfg.forgetting_sample:
+            generator = torch.Generator().manual_seed(int(self.cfg.seed) + num_edits)
+            sample = [edited[i] for i in torch.randperm(len(edited), generator=generator)[: cfg.forgetting_sample].tolist()]
+        rows = evaluate_records(model, tokenizer, sample, str(cfg.metrics.value if hasattr(cfg.metrics, "value") else cfg.metrics), cfg.batch_size)
+        summary = {k: v for k, v in summarize(rows).items() if v is not None}
+        self.rows += series_rows(num_edits, summary, family="edits")
+        point["edits"] = summary
+        if cfg.forgetting and self.first_eval:
+            current = {str(r["case_id"]): record_success(r) for r in rows}
+            stats = forgetting_stats({k: v for k, v in self.first_eval.items() if k in current}, current)
+            self.rows += series_rows(num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"]})
+            point["forgetting"] = stats
+        if cfg.norms:
+            current_w = {name: weight_matrix(model.get_submodule(name)).detach() for name in self.modules}
+            norms = layer_norm_stats(current_w, self.original)
+            for name, values in norms.items():
+                self.rows += series_rows(num_edits, values, layer=name)
+            point["norms"] = norms
+        if cfg.perplexity:
+            ppl = evaluate_perplexity(model, tokenizer, cfg.me_ppl.path, max_length=cfg.me_ppl.max_length)
+            self.rows += series_rows(num_edits, {"perplexity": ppl["perplexity"]}, family="collapse")
+            point["perplexity"] = ppl["perplexity"]
+            if self.baseline_ppl is not None and perplexity_alarm(ppl["perplexity"], self.baseline_ppl, cfg.me_ppl.alarm_factor):
+                self.alarms.append({"num_edits": num_edits, "perplexity": ppl["perplexity"], "baseline": self.baseline_ppl})
+        if cfg.downstream.tasks:
+            from edit_runner.evaluation.downstream import evaluate_downstream
+
+            results = evaluate_downstream(
+                model, tokenizer, list(cfg.downstream.tasks), cfg.downstream.data_dir, num_items=cfg.downstream.num_items,
+                num_shots=cfg.downstream.num_shots, mode=cfg.downstream.mode,
+            )
+            for task, metrics in results.items():
+                self.rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=task)
+            point["downstream"] = results
+        if cfg.lm_eval.tasks:
+            from edit_runner.evaluation.lm_eval_adapter import run_lm_eval
+
+            results = run_lm_eval(model, tokenizer, list(cfg.lm_eval.tasks), limit=cfg.lm_eval.limit)
+            for task, metrics in results.items():
+                self.rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=f"lm_eval:{task}")
+            point["lm_eval"] = results
+        if cfg.fluency:
+            prompts = [p for r in sample for p in r.generation_prompts[:2]] or [r.rewrite_prompt for r in sample]
+            entropy = ngram_entropy(greedy_texts(model, tokenizer, prompts))
+            self.rows += series_rows(num_edits, {"ngram_entropy": entropy}, family="fluency")
+            point["fluency"] = entropy
+        return point
