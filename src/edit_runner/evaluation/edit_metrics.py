@@ -1,0 +1,308 @@
+"""CounterFact and zsRE edit metrics (efficacy, generalization, specificity, Score), batched.
+
+Every prompt of every record goes through :func:`edit_runner.evaluation.scoring.score_targets`
+in one call (pairs gathered across records, scored in length-sorted batches, scattered back).
+
+Prompt sets: efficacy = the rewrite prompt, generalization = the paraphrase prompts,
+specificity = the neighborhood prompts (with each neighbor's own target).
+
+Two named definitions (SPEC Part B §8):
+
+``memit`` (default; kmeng01/memit ``eval_utils_counterfact.py`` + ``summarize.py``, Part C §11.1)
+    per prompt ``NLL = −(1/T) Σ_j log p(tok_j)`` for ``target_new`` and ``target_true``;
+    efficacy/generalization success = ``NLL_true > NLL_new``, specificity success =
+    ``NLL_true < NLL_new`` (the neighbor's target against ``target_new``); accuracy = every
+    token of the correct target (new for efficacy/generalization, the neighbor's target for
+    specificity) is the teacher-forced argmax; magnitude = difference of per-token geometric-mean
+    probabilities (EM/PM/NM). Per-record value = mean over that record's prompts; the summary
+    averages records. Score = harmonic mean of the three (0 when any of them is 0, as scipy).
+
+``easyedit`` (RUOE / EasyEdit, Part C §9.3)
+    accuracy of efficacy/generalization = teacher-forced argmax accuracy averaged over the
+    target tokens (then over prompts); specificity accuracy = the post-edit argmax tokens over
+    the neighbor's target positions equal the pre-edit ones (``np.array_equal``), for which the
+    pre-edit call's rows (``specificity_argmax_ids``) are passed back as ``pre_predictions``;
+    without them the model is compared with itself (1.0, the value for the unedited model).
+    Success = mean log-prob comparison (numerically the memit rule). Score = harmonic mean after
+    dropping values ≤ 0.
+
+zsRE records (``RecordKind.zsre``, Part C §11.2) have no success metric: only ``*_accuracy``
+(token-level teacher-forced accuracy of ``target_new`` over rewrite / paraphrase prompts, and of
+each neighbor's answer tokens (``loc_ans``) over its prompt, pooled over all tokens of the set)
+and ``score_accuracy`` = harmonic mean of the three accuracies; ``*_success``, ``score_success``
+and magnitudes are absent. Under ``easyedit`` the zsRE specificity is the token-averaged
+agreement of post-edit with pre-edit argmax tokens. The neighbor prompt is used verbatim (a zsRE
+loader gives ``loc + "?"``, the reference's prompt).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import torch
+
+from edit_runner.data.record import EditRecord, RecordKind
+from edit_runner.evaluation.scoring import TargetScore, score_targets
+from edit_runner.models.tokens import target_token_ids
+
+PROMPT_SETS: tuple[str, ...] = ("efficacy", "generalization", "specificity")
+SUMMARY_KEYS: tuple[str, ...] = (
+    "efficacy_success",
+    "efficacy_accuracy",
+    "generalization_success",
+    "generalization_accuracy",
+    "specificity_success",
+    "specificity_accuracy",
+    "score_success",
+    "score_accuracy",
+)
+MAGNITUDE_KEYS: tuple[str, ...] = ("efficacy_magnitude", "generalization_magnitude", "specificity_magnitude")
+
+
+class MetricDefinition(str, Enum):
+    """Which reference's metric definitions to compute (SPEC Part B §8)."""
+
+    memit = "memit"
+    easyedit = "easyedit"
+
+
+def _definition(definition: str | MetricDefinition) -> MetricDefinition:
+    try:
+        return MetricDefinition(definition)
+    except ValueError:
+        valid = ", ".join(d.value for d in MetricDefinition)
+        raise ValueError(f"eval.metrics={definition!r} is not a metric definition; choose one of: {valid}") from None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def harmonic_mean(values: Sequence[float | None], definition: str | MetricDefinition = "memit") -> float | None:
+    """Score of three metric values.
+
+    ``memit``: ``scipy.stats.hmean`` semantics — 0 when any value is 0, ``None`` when any is
+    missing. ``easyedit``: values ≤ 0 (and missing ones) are dropped first; 0 when none remain.
+    """
+    rule = _definition(definition)
+    if rule is MetricDefinition.easyedit:
+        kept = [v for v in values if v is not None and v > 0]
+        return len(kept) / sum(1.0 / v for v in kept) if kept else 0.0
+    if any(v is None for v in values) or not values:
+        return None
+    present = [float(v) for v in values if v is not None]
+    if any(v <= 0 for v in present):
+        return 0.0
+    return len(present) / sum(1.0 / v for v in present)
+
+
+def _normalize_pre_predictions(
+    pre_predictions: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Sequence[int]]] | None,
+) -> dict[str, list[list[int]]] | None:
+    if pre_predictions is None:
+        return None
+    if isinstance(pre_predictions, Mapping):
+        return {str(k): [list(map(int, ids)) for ids in v] for k, v in pre_predictions.items()}
+    table: dict[str, list[list[int]]] = {}
+    for row in pre_predictions:
+        if "specificity_argmax_ids" not in row:
+            raise ValueError(
+                f"pre-edit row case_id={row.get('case_id')} has no specificity_argmax_ids; "
+                "evaluate the unedited model with definition='easyedit' and pass its rows"
+            )
+        table[str(row["case_id"])] = [list(map(int, ids)) for ids in row["specificity_argmax_ids"]]
+    return table
+
+
+def _record_prompts(record: EditRecord) -> dict[str, list[tuple[str, str, str]]]:
+    """Per prompt set: ``(prompt, correct target, competing target)`` triples."""
+    if record.kind is RecordKind.zsre:
+        return {
+            "efficacy": [(record.rewrite_prompt, record.target_new, "")],
+            "generalization": [(p, record.target_new, "") for p in record.paraphrase_prompts],
+            "specificity": [(n.prompt, n.target, "") for n in record.neighborhood],
+        }
+    return {
+        "efficacy": [(record.rewrite_prompt, record.target_new, record.target_true)],
+        "generalization": [(p, record.target_new, record.target_true) for p in record.paraphrase_prompts],
+        "specificity": [(n.prompt, n.target or record.target_true, record.target_new) for n in record.neighborhood],
+    }
+
+
+def _counterfact_row(
+    record: EditRecord,
+    scores: dict[str, list[tuple[TargetScore, TargetScore]]],
+    rule: MetricDefinition,
+    pre_ids: list[list[int]] | None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"case_id": record.case_id, "kind": record.kind.value, "metric_definition": rule.value}
+    for name in PROMPT_SETS:
+        pairs = scores[name]  # (correct, competing): (new, true) or (neighbor target, new)
+        if name == "specificity":
+            true_scores = [c for c, _ in pairs]
+            new_scores = [o for _, o in pairs]
+        else:
+            new_scores = [c for c, _ in pairs]
+            true_scores = [o for _, o in pairs]
+        nll_new = [s.mean_nll for s in new_scores]
+        nll_true = [s.mean_nll for s in true_scores]
+        row[f"{name}_nll_new"] = nll_new
+        row[f"{name}_nll_true"] = nll_true
+        if name == "specificity":
+            success = [float(t < n) for n, t in zip(nll_new, nll_true)]
+            magnitude = [math.exp(-t) - math.exp(-n) for n, t in zip(nll_new, nll_true)]
+        else:
+            success = [float(t > n) for n, t in zip(nll_new, nll_true)]
+            magnitude = [math.exp(-n) - math.exp(-t) for n, t in zip(nll_new, nll_true)]
+        row[f"{name}_success"] = _mean(success)
+        row[f"{name}_magnitude"] = _mean(magnitude)
+        correct_scores = [c for c, _ in pairs]
+        if rule is MetricDefinition.memit:
+            correct = [s.all_argmax for s in correct_scores]
+            row[f"{name}_correct"] = correct
+            row[f"{name}_accuracy"] = _mean([float(c) for c in correct])
+        elif name != "specificity":
+            token_acc = [s.token_accuracy for s in correct_scores]
+            row[f"{name}_token_accuracy"] = token_acc
+            row[f"{name}_accuracy"] = _mean(token_acc)
+        else:
+            post_ids = [list(s.argmax_ids) for s in correct_scores]
+            reference = pre_ids if pre_ids is not None else post_ids
+            matches = [p == q for p, q in zip(post_ids, reference)]
+            row["specificity_argmax_ids"] = post_ids
+            row["specificity_matches_pre"] = matches
+            row["specificity_accuracy"] = _mean([float(m) for m in matches])
+    return row
+
+
+def _zsre_row(
+    record: EditRecord,
+    scores: dict[str, list[tuple[TargetScore, TargetScore]]],
+    rule: MetricDefinition,
+    pre_ids: list[list[int]] | None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"case_id": record.case_id, "kind": record.kind.value, "metric_definition": rule.value}
+    for name in PROMPT_SETS:
+        correct_scores = [c for c, _ in scores[name]]
+        if name == "specificity" and rule is MetricDefinition.easyedit:
+            post_ids = [list(s.argmax_ids) for s in correct_scores]
+            reference = pre_ids if pre_ids is not None else post_ids
+            flags = [[a == b for a, b in zip(p, q)] for p, q in zip(post_ids, reference)]
+            row["specificity_argmax_ids"] = post_ids
+        else:
+            flags = [list(s.is_argmax) for s in correct_scores]
+        row[f"{name}_token_correct"] = flags
+        row[f"{name}_accuracy"] = _mean([float(f) for per_prompt in flags for f in per_prompt])
+    return row
+
+
+@torch.no_grad()
+def evaluate_records(
+    model: torch.nn.Module,
+    tokenizer,
+    records: Sequence[EditRecord],
+    definition: str | MetricDefinition = "memit",
+    batch_size: int = 64,
+    pre_predictions: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Sequence[int]]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per record with per-prompt values and per-record means (see the module docstring).
+
+    ``pre_predictions`` (``easyedit`` only; ignored by ``memit``): the rows of the same call on
+    the unedited model, or a mapping ``case_id -> specificity_argmax_ids``.
+    """
+    rule = _definition(definition)
+    pre_table = _normalize_pre_predictions(pre_predictions) if rule is MetricDefinition.easyedit else None
+    token_cache: dict[str, list[int]] = {}
+
+    def ids_of(text: str) -> list[int]:
+        if text not in token_cache:
+            token_cache[text] = target_token_ids(tokenizer, text)
+        return token_cache[text]
+
+    prompts: list[str] = []
+    targets: list[list[int]] = []
+    # (record index, set name, correct pair index, competing pair index or -1)
+    layout: list[tuple[int, str, int, int]] = []
+    for r, record in enumerate(records):
+        for name, triples in _record_prompts(record).items():
+            for prompt, correct, competing in triples:
+                correct_index, competing_index = len(prompts), -1
+                prompts.append(prompt)
+                targets.append(ids_of(correct))
+                if competing:
+                    competing_index = len(prompts)
+                    prompts.append(prompt)
+                    targets.append(ids_of(competing))
+                layout.append((r, name, correct_index, competing_index))
+    scored = score_targets(model, tokenizer, prompts, targets, batch_size=batch_size)
+
+    per_record: list[dict[str, list[tuple[TargetScore, TargetScore]]]] = [
+        {name: [] for name in PROMPT_SETS} for _ in records
+    ]
+    for r, name, i, j in layout:
+        per_record[r][name].append((scored[i], scored[j] if j >= 0 else scored[i]))
+
+    rows: list[dict[str, Any]] = []
+    for record, scores in zip(records, per_record):
+        pre_ids = None
+        if pre_table is not None:
+            if record.case_id not in pre_table:
+                raise ValueError(f"record case_id={record.case_id}: no pre-edit predictions were given for it")
+            pre_ids = pre_table[record.case_id]
+            if len(pre_ids) != len(scores["specificity"]):
+                raise ValueError(
+                    f"record case_id={record.case_id}: {len(pre_ids)} pre-edit neighbor predictions "
+                    f"for {len(scores['specificity'])} neighborhood prompts"
+                )
+        if record.kind is RecordKind.zsre:
+            rows.append(_zsre_row(record, scores, rule, pre_ids))
+        else:
+            rows.append(_counterfact_row(record, scores, rule, pre_ids))
+    return rows
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], definition: str | MetricDefinition | None = None
+) -> dict[str, float | None]:
+    """Average per-record values over records and add the Scores.
+
+    ``definition`` defaults to the one the rows were computed with (``memit`` for no rows); a
+    definition that differs from the rows' is an error.
+
+    Keys (SPEC Part A): ``efficacy_success``, ``efficacy_accuracy``, ``generalization_success``,
+    ``generalization_accuracy``, ``specificity_success``, ``specificity_accuracy``,
+    ``score_success``, ``score_accuracy``, plus the magnitudes ``efficacy_magnitude``,
+    ``generalization_magnitude``, ``specificity_magnitude`` (SPEC §11.1 EM/PM/NM). Success keys,
+    ``score_success`` and magnitudes exist only when some row is a CounterFact record (zsRE has
+    no success metric). A prompt set no record has gives ``None`` (and a ``None`` memit Score).
+    """
+    if definition is None:
+        definition = next((row["metric_definition"] for row in rows if "metric_definition" in row), "memit")
+    rule = _definition(definition)
+    for row in rows:
+        if row.get("metric_definition", rule.value) != rule.value:
+            raise ValueError(
+                f"row case_id={row.get('case_id')} was computed with metric definition "
+                f"{row.get('metric_definition')!r}, not {rule.value!r}"
+            )
+    has_success = any(row.get("kind", RecordKind.counterfact.value) != RecordKind.zsre.value for row in rows)
+    summary: dict[str, Any] = {}
+
+    def average(key: str) -> float | None:
+        return _mean([float(row[key]) for row in rows if row.get(key) is not None])
+
+    for name in PROMPT_SETS:
+        if has_success:
+            summary[f"{name}_success"] = average(f"{name}_success")
+        summary[f"{name}_accuracy"] = average(f"{name}_accuracy")
+    if has_success:
+        summary["score_success"] = harmonic_mean([summary[f"{n}_success"] for n in PROMPT_SETS], rule)
+    summary["score_accuracy"] = harmonic_mean([summary[f"{n}_accuracy"] for n in PROMPT_SETS], rule)
+    if has_success:
+        for key in MAGNITUDE_KEYS:
+            summary[key] = average(key)
+    ordered = [k for k in SUMMARY_KEYS + MAGNITUDE_KEYS if k in summary]
+    return {k: summary[k] for k in ordered}

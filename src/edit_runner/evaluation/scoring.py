@@ -1,0 +1,244 @@
+"""The one batched target scorer every metric uses: teacher-forced log-probs and argmax flags.
+
+Given ``(prompt text, target token ids)`` pairs, each prompt is tokenized as the tokenizer does
+by default (special tokens included, so a BOS-adding tokenizer such as Llama's gets its BOS),
+the target ids are appended, and the sequences are scored in right-padded batches with
+explicit position ids. For target token ``j`` of a pair with prompt length ``P`` the
+prediction is read at position ``P + j - 1`` (teacher forcing), exactly as
+``test_batch_prediction`` of kmeng01/memit does (SPEC Part C §11.1).
+
+Pairs are sorted by length before batching (less padding) and scattered back afterwards; the
+only Python loop around forward passes is the loop over batches.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from edit_runner.errors import DataError
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced scores of one target continuation after one prompt.
+
+    ``token_logprobs[j]`` is ``log p(target_j | prompt, target_<j)``; ``argmax_ids[j]`` is the
+    model's argmax token at that position and ``is_argmax[j]`` whether it equals ``target_j``.
+    """
+
+    token_logprobs: tuple[float, ...]
+    argmax_ids: tuple[int, ...]
+    is_argmax: tuple[bool, ...]
+
+    @property
+    def mean_logprob(self) -> float:
+        """Per-token mean log-probability of the target."""
+        return sum(self.token_logprobs) / len(self.token_logprobs)
+
+    @property
+    def mean_nll(self) -> float:
+        """Per-token mean negative log-likelihood (the NLL of MEMIT's ``test_batch_prediction``)."""
+        return -self.mean_logprob
+
+    @property
+    def mean_prob(self) -> float:
+        """Per-token geometric-mean probability ``exp(-mean_nll)`` (used by the magnitudes)."""
+        return math.exp(self.mean_logprob)
+
+    @property
+    def all_argmax(self) -> bool:
+        """True when every target token is the teacher-forced argmax (MEMIT's ``*_correct``)."""
+        return all(self.is_argmax)
+
+    @property
+    def token_accuracy(self) -> float:
+        """Fraction of target tokens that are the teacher-forced argmax (zsRE / EasyEdit accuracy)."""
+        return sum(self.is_argmax) / len(self.is_argmax)
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id used for right padding: the pad token, else EOS, else 0 (pads are never scored)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text with the special tokens the tokenizer adds by default (e.g. a BOS)."""
+    if not texts:
+        return []
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    return [list(map(int, ids)) for ids in encoded]
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, ids in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, : len(ids)] = 1
+    positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(rows), width).contiguous()
+    return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+def forward_logits(
+    model: torch.nn.Module,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    first_position: int = 0,
+) -> torch.Tensor:
+    """Run one right-padded batch and return logits for positions ``first_position..width-1``.
+
+    Position ids are explicit (``0..len-1`` per row); with right padding no real token attends
+    to a pad, so results do not depend on the batch composition. When the model accepts
+    ``logits_to_keep`` only the needed positions go through the LM head.
+    """
+    device = next(model.parameters()).device
+    input_ids, mask, positions = _right_padded(rows, pad_id, device)
+    kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+    keep_from = max(0, first_position)
+    if keep_from > 0 and _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = torch.arange(keep_from, input_ids.shape[1], device=device)
+        logits = model(**kwargs).logits
+        return logits
+    logits = model(**kwargs).logits
+    return logits[:, keep_from:]
+
+
+@torch.no_grad()
+def score_token_sequences(
+    model: torch.nn.Module,
+    prefixes: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    batch_size: int = 64,
+    pad_id: int = 0,
+) -> list[TargetScore]:
+    """Teacher-forced scores of ``targets[i]`` appended to the token ids ``prefixes[i]``.
+
+    Every prefix must be non-empty (the first target token needs a position to be predicted
+    from) and every target non-empty. Batches hold at most ``batch_size`` sequences.
+    """
+    if len(prefixes) != len(targets):
+        raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for prefix, target in zip(prefixes, targets):
+        if not prefix:
+            raise DataError("a prompt tokenizes to no tokens and the tokenizer adds no BOS; give a non-empty prompt")
+        if not target:
+            raise DataError("a target has no tokens; give a non-empty target")
+    order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]) + len(targets[i]))
+    results: list[TargetScore | None] = [None] * len(prefixes)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = [list(prefixes[i]) + list(targets[i]) for i in chunk]
+        first = min(len(prefixes[i]) for i in chunk) - 1
+        logits = forward_logits(model, rows, pad_id, first_position=first)
+        row_index: list[int] = []
+        pos_index: list[int] = []
+        token_ids: list[int] = []
+        counts: list[int] = []
+        for r, i in enumerate(chunk):
+            p, t = len(prefixes[i]), len(targets[i])
+            row_index.extend([r] * t)
+            pos_index.extend(range(p - 1 - first, p - 1 - first + t))
+            token_ids.extend(targets[i])
+            counts.append(t)
+        device = logits.device
+        selected = logits[
+            torch.tensor(row_index, device=device), torch.tensor(pos_index, device=device)
+        ].float()
+        wanted = torch.tensor(token_ids, device=device)
+        logprobs = torch.log_softmax(selected, dim=-1).gather(1, wanted[:, None])[:, 0]
+        argmax = selected.argmax(dim=-1)
+        flat_lp = logprobs.cpu().tolist()
+        flat_arg = argmax.cpu().tolist()
+        flat_hit = (argmax == wanted).cpu().tolist()
+        offset = 0
+        for i, t in zip(chunk, counts):
+            results[i] = TargetScore(
+                token_logprobs=tuple(flat_lp[offset : offset + t]),
+                argmax_ids=tuple(int(a) for a in flat_arg[offset : offset + t]),
+                is_argmax=tuple(bool(h) for h in flat_hit[offset : offset + t]),
+            )
+            offset += t
+    return [r for r in results if r is not None]
+
+
+def score_targets(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> list[TargetScore]:
+    """Score each ``(prompts[i], targets[i])`` pair: prompt tokenized with the tokenizer's special
+    tokens (BOS where it adds one), target token ids appended, teacher-forced log-probs and argmax
+    flags read per target token. Use :func:`edit_runner.models.tokens.target_token_ids` for targets.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    unique = list(dict.fromkeys(prompts))
+    encoded = dict(zip(unique, encode_texts(tokenizer, unique)))
+    for prompt in unique:
+        if not encoded[prompt]:
+            raise DataError(
+                f"prompt {prompt!r} tokenizes to no tokens and the tokenizer adds no BOS; give a non-empty prompt"
+            )
+    return score_token_sequences(
+        model, [encoded[p] for p in prompts], targets, batch_size=batch_size, pad_id=pad_id_of(tokenizer)
+    )
+
+
+@torch.no_grad()
+def greedy_next_tokens(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int,
+    batch_size: int = 64,
+) -> list[list[int]]:
+    """Greedy continuation (``n`` new token ids) of every prompt, in right-padded batches.
+
+    No KV cache: each of the ``n`` steps re-runs the batch, writing each row's argmax at its own
+    next position. Meant for short continuations (checking facts, pre-edit predictions).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    encoded = encode_texts(tokenizer, prompts)
+    for prompt, ids in zip(prompts, encoded):
+        if not ids:
+            raise DataError(f"prompt {prompt!r} tokenizes to no tokens; give a non-empty prompt")
+    pad = pad_id_of(tokenizer)
+    results: list[list[int]] = [[] for _ in prompts]
+    if n == 0:
+        return results
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = [list(encoded[i]) for i in chunk]
+        for _ in range(n):
+            first = min(len(r) for r in rows) - 1
+            logits = forward_logits(model, rows, pad, first_position=first)
+            device = logits.device
+            last = torch.tensor([len(r) - 1 - first for r in rows], device=device)
+            picks = logits[torch.arange(len(rows), device=device), last].argmax(dim=-1).cpu().tolist()
+            for r, token in zip(rows, picks):
+                r.append(int(token))
+        for i, r in zip(chunk, rows):
+            results[i] = r[len(encoded[i]) :]
+    return results
