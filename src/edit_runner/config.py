@@ -10,7 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -100,13 +100,13 @@ class ModelConfig:
     """Architecture-independent model facts: where to load it from and how to run it."""
 
     name: str = MISSING
-    path: Optional[str] = None
+    path: str | None = None
     source: ModelSource = ModelSource.auto
-    gguf_file: Optional[str] = None
-    revision: Optional[str] = None
+    gguf_file: str | None = None
+    revision: str | None = None
     dtype: str = "float32"
     device: str = "auto"
-    max_length: Optional[int] = None
+    max_length: int | None = None
 
 
 @dataclass
@@ -133,7 +133,7 @@ class AlgoConfig:
     alphaedit_float64: bool = False
     ft_lr: float = 5e-4
     ft_num_steps: int = 25
-    ft_norm_constraint: Optional[float] = None
+    ft_norm_constraint: float | None = None
     ft_weight_decay: float = 0.0
     ft_batch_size: int = 64
     target_chunk: int = 16
@@ -146,14 +146,14 @@ class DataConfig:
 
     name: str = MISSING
     format: DataFormat = DataFormat.demo
-    path: Optional[str] = None
-    url: Optional[str] = None
-    sha256: Optional[str] = None
-    num_edits: Optional[int] = 10
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    num_edits: int | None = 10
     offset: int = 0
     seed: int = 0
     shuffle: bool = False
-    case_ids_file: Optional[str] = None
+    case_ids_file: str | None = None
 
 
 @dataclass
@@ -208,14 +208,14 @@ class D4SConfig:
 class WrapperConfig:
     """The enabled wrappers: a field is set when its config was selected (``wrapper=[iterative,na]``)."""
 
-    iterative: Optional[IterativeConfig] = None
-    na: Optional[NeighborConfig] = None
-    nap: Optional[NeighborConfig] = None
-    mpes: Optional[MPESConfig] = None
-    norm_constraint: Optional[NormConstraintConfig] = None
-    prev_edit_keys: Optional[PrevEditKeysConfig] = None
-    d4s: Optional[D4SConfig] = None
-    preset: Optional[str] = None
+    iterative: IterativeConfig | None = None
+    na: NeighborConfig | None = None
+    nap: NeighborConfig | None = None
+    mpes: MPESConfig | None = None
+    norm_constraint: NormConstraintConfig | None = None
+    prev_edit_keys: PrevEditKeysConfig | None = None
+    d4s: D4SConfig | None = None
+    preset: str | None = None
     per_model: dict[str, Any] = field(default_factory=dict)
 
 
@@ -224,7 +224,7 @@ class ProtocolConfig:
     """Batched (one update) or sequential (steps of ``batch_size`` edits, no restore between steps)."""
 
     name: ProtocolName = MISSING
-    batch_size: Optional[int] = None
+    batch_size: int | None = None
     eval_each_step: bool = True
 
 
@@ -232,9 +232,8 @@ class ProtocolConfig:
 class MePplConfig:
     """Collapse check: ME-PPL perplexity (file path or canonical URL; project text set as fallback)."""
 
-    path: Optional[str] = None
-    url: Optional[str] = None
-    num_texts: int = 50
+    path: str | None = None
+    url: str | None = None
     max_length: int = 100
     alarm_factor: float = 2.0
 
@@ -244,7 +243,7 @@ class DownstreamConfig:
     """Few-shot downstream tasks (SPEC Part D)."""
 
     tasks: list[str] = field(default_factory=list)
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     num_items: int = 200
     num_shots: int = 0
     mode: str = "probability"
@@ -255,7 +254,7 @@ class LmEvalConfig:
     """Optional lm-evaluation-harness tasks on the in-memory edited model."""
 
     tasks: list[str] = field(default_factory=list)
-    limit: Optional[int] = 100
+    limit: int | None = 100
 
 
 @dataclass
@@ -267,11 +266,11 @@ class EvalConfig:
     pre: bool = True
     perplexity: bool = True
     me_ppl: MePplConfig = field(default_factory=MePplConfig)
-    every_n_edits: Optional[int] = None
+    every_n_edits: int | None = None
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     forgetting: bool = True
-    forgetting_sample: Optional[int] = None
+    forgetting_sample: int | None = None
     norms: bool = True
     fluency: bool = False
 
@@ -282,10 +281,10 @@ class StatsConfig:
 
     corpus: CorpusSource = CorpusSource.auto
     hf_dataset: str = "wikitext"
-    hf_config: Optional[str] = "wikitext-103-raw-v1"
+    hf_config: str | None = "wikitext-103-raw-v1"
     hf_split: str = "train"
-    text_path: Optional[str] = None
-    max_length: Optional[int] = None
+    text_path: str | None = None
+    max_length: int | None = None
     fallback_texts: int = 256
     fallback_length: int = 64
     batch_size: int = 16
@@ -304,10 +303,10 @@ class RunConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     seed: int = 0
     trial: int = 0
-    experiment: Optional[str] = None
+    experiment: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
-    context_templates_file: Optional[str] = None
-    cache_dir: Optional[str] = None
+    context_templates_file: str | None = None
+    cache_dir: str | None = None
     output_root: str = "outputs"
     resume: bool = True
     progress: bool = True

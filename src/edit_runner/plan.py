@@ -7,7 +7,6 @@ any expensive work.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -34,11 +33,6 @@ class RunPlan:
         return len(self.steps[0]) if self.steps else 0
 
 
-def demo_facts_path() -> Path:
-    """The hand-written demo facts shipped in the package."""
-    return Path(str(resources.files("edit_runner.data") / "demo_facts.json"))
-
-
 def load_edit_records(data: DictConfig, cache_dir: Path) -> list[EditRecord]:
     """Load and select the run's edit records from ``data`` (local path, cache or canonical URL)."""
     from edit_runner.data.download import resolve_dataset_file
@@ -47,8 +41,7 @@ def load_edit_records(data: DictConfig, cache_dir: Path) -> list[EditRecord]:
 
     fmt = data.format.value if hasattr(data.format, "value") else str(data.format)
     if fmt == "demo":
-        path = Path(data.path) if data.path else demo_facts_path()
-        records = load_records("demo", path)
+        records = load_records("demo", data.path)
     else:
         path = resolve_dataset_file(data.name, data.path, data.url, data.sha256, cache_dir)
         records = load_records(fmt, path)

@@ -23,7 +23,14 @@ from rich.table import Table
 from edit_runner.config import apply_paper_hyperparameters, config_hash
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates, generate_context_templates, load_context_templates
-from edit_runner.editing.covariance import CovarianceCache, CovarianceSettings, hf_corpus, model_sample_corpus, text_file_corpus, _hub_reachable
+from edit_runner.editing.covariance import (
+    CovarianceCache,
+    CovarianceSettings,
+    _hub_reachable,
+    hf_corpus,
+    model_sample_corpus,
+    text_file_corpus,
+)
 from edit_runner.editing.editor import Editor, IterativeOptions, SpreadOptions
 from edit_runner.editing.neighbors import select_train_neighbors
 from edit_runner.editing.wrappers import MPESRule, NeighborRows
@@ -32,7 +39,7 @@ from edit_runner.evaluation.edit_metrics import evaluate_records, summarize
 from edit_runner.evaluation.perplexity import evaluate_perplexity
 from edit_runner.evaluation.trackers import HealthTracker
 from edit_runner.io import atomic_torch_save, atomic_write_json, atomic_write_jsonl
-from edit_runner.models.layout import num_layers, weight_matrix
+from edit_runner.models.layout import num_layers
 from edit_runner.models.loading import LoadedModel, default_cache_dir, load_model
 from edit_runner.plan import RunPlan, plan_run
 from edit_runner.provenance import provenance
@@ -163,7 +170,8 @@ class Runner:
                 covariance.ensure(loaded.model, loaded.tokenizer, [loaded.layout.mlp_out.format(int(l)) for l in sorted(cfg.algo.layers)],
                                   progress=lambda items: progress.track(items, task_id=task))
         dropped: list[str] = []
-        if "na" in plan.wrappers or "nap" in plan.wrappers:
+        needs_selection = not all(r.train_neighbors for r in plan.records)
+        if ("na" in plan.wrappers or "nap" in plan.wrappers) and needs_selection:
             neighbor_cfg = cfg.wrapper.na or cfg.wrapper.nap
             records, dropped = select_train_neighbors(
                 loaded.model, loaded.tokenizer, plan.records, int(neighbor_cfg.num_train_neighbors), int(neighbor_cfg.min_qualifying), cfg.eval.batch_size
@@ -198,10 +206,18 @@ class Runner:
             loaded.model, loaded.tokenizer, plan.spec.template_style, int(self.cfg.seed), [list(x) for x in self.cfg.algo.context_template_length_params]
         )
 
+    def _me_ppl_path(self) -> str | None:
+        me_ppl = self.cfg.eval.me_ppl
+        if me_ppl.path or not me_ppl.url:
+            return me_ppl.path
+        from edit_runner.data.download import resolve_dataset_file
+
+        return str(resolve_dataset_file("ME-PPL", None, me_ppl.url, None, self.cache_dir))
+
     def _with_perplexity(self, loaded: LoadedModel, metrics: dict[str, Any]) -> dict[str, Any]:
-        metrics = {k: v for k, v in metrics.items()}
+        metrics = dict(metrics)
         if self.cfg.eval.perplexity:
-            ppl = evaluate_perplexity(loaded.model, loaded.tokenizer, self.cfg.eval.me_ppl.path, max_length=self.cfg.eval.me_ppl.max_length)
+            ppl = evaluate_perplexity(loaded.model, loaded.tokenizer, self._me_ppl_path(), max_length=self.cfg.eval.me_ppl.max_length)
             metrics["perplexity"] = ppl["perplexity"]
             metrics["perplexity_definition"] = ppl["perplexity_definition"]
             if ppl["perplexity_definition"] == "me_ppl_50":
@@ -236,7 +252,9 @@ class Runner:
                     "iterations": [vars(it) for it in report.iterations],
                 }
                 if cfg.protocol.eval_each_step:
-                    rows = evaluate_records(loaded.model, loaded.tokenizer, batch, self.metric_definition, cfg.eval.batch_size)
+                    rows = evaluate_records(
+                        loaded.model, loaded.tokenizer, batch, self.metric_definition, cfg.eval.batch_size, state.get("pre_rows_easyedit")
+                    )
                     step_row["metrics"] = summarize(rows, self.metric_definition)
                     tracker.note_step_rows(rows)
                     state["step_rows"] += [{**r, "step": index, "eval": "after_step"} for r in rows]

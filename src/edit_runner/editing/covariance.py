@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from edit_runner.editing.context import sample_top_k
 from edit_runner.errors import ConfigError
 from edit_runner.io import atomic_torch_save
 from edit_runner.models.hooks import run_until_stop, trace
@@ -67,7 +68,7 @@ def hf_corpus(dataset: str, config: str | None, split: str, n_samples: int) -> C
 
     try:
         data = load_dataset(dataset, config, split=split)
-    except Exception as err:  # noqa: BLE001 - datasets raises many kinds on network failure
+    except Exception as err:
         raise ConfigError(
             f"stats.corpus=hf: cannot load {dataset}/{config} ({err}). Offline? Use stats.corpus=text "
             "stats.text_path=<a text file> or stats.corpus=model_samples"
@@ -77,28 +78,15 @@ def hf_corpus(dataset: str, config: str | None, split: str, n_samples: int) -> C
     return Corpus(ident=f"hf-{dataset}-{config}-{split}", texts=texts)
 
 
-@torch.no_grad()
 def model_sample_corpus(model: torch.nn.Module, tokenizer, num_texts: int, length: int, seed: int = 1) -> Corpus:
     """Offline fallback that needs nothing: top-k (5) samples of the unedited model from its start token."""
-    device = next(model.parameters()).device
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     generator = torch.Generator(device="cpu").manual_seed(seed)
     texts: list[str] = []
-    batch = 64
-    for offset in range(0, num_texts, batch):
-        rows = min(batch, num_texts - offset)
-        seq = torch.full((rows, 1), start, device=device)
-        past = None
-        next_input = seq
-        for _ in range(length):
-            out = model(input_ids=next_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
-            top_p, top_i = probs.topk(5, dim=-1)
-            pick = torch.multinomial((top_p / top_p.sum(-1, keepdim=True)).cpu(), 1, generator=generator).to(device)
-            next_input = top_i.gather(1, pick)
-            seq = torch.cat([seq, next_input], dim=1)
-        texts += tokenizer.batch_decode(seq[:, 1:], skip_special_tokens=True)
+    for offset in range(0, num_texts, 64):
+        rows = min(64, num_texts - offset)
+        sequence = sample_top_k(model, torch.full((rows, 1), start), length, generator)
+        texts += tokenizer.batch_decode(sequence[:, 1:], skip_special_tokens=True)
     return Corpus(ident=f"model-samples-{num_texts}x{length}-seed{seed}", texts=texts)
 
 

@@ -21,7 +21,14 @@ from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.covariance import CovarianceCache
 from edit_runner.editing.finetune import FinetuneSettings, finetune
 from edit_runner.editing.keys import bare_activations, compute_keys
-from edit_runner.editing.targets import ExtraRows, OptimizationSettings, StopRule, TargetResult, optimize_targets, rewrite_nll
+from edit_runner.editing.targets import (
+    ExtraRows,
+    OptimizationSettings,
+    StopRule,
+    TargetResult,
+    optimize_targets,
+    rewrite_nll,
+)
 from edit_runner.editing.wrappers import IterationRecord, iterate
 from edit_runner.models.layout import add_to_weight, weight_matrix
 from edit_runner.models.loading import LoadedModel
@@ -196,7 +203,13 @@ class Editor:
         z = targets.z[self._sites(layer)[0]][:, 0]
         k_star = compute_keys(self.model, self.tokenizer, [record], module_name, self.templates)[:, 0]
         k_bare = bare_activations(self.model, self.tokenizer, [record], module_name, "input")[:, 0]
-        cur = bare_activations(self.model, self.tokenizer, [record], module_name, "output")[:, 0]
+        if self.algo.consistent_keys:
+            # r-ROME (SPEC B §6): the residual is measured at k* as well, v* − (W k* + b)
+            module = self.model.get_submodule(module_name)
+            with torch.no_grad():
+                cur = module(k_star.to(module.weight.dtype)[None])[0].float()
+        else:
+            cur = bare_activations(self.model, self.tokenizer, [record], module_name, "output")[:, 0]
         report.seconds["key"] += time.perf_counter() - start
         start = time.perf_counter()
         cov = self.covariance.get(module_name).to(z.device) if self.algo.mom2_adjustment else None

@@ -137,7 +137,7 @@ def _target_positions(rows: list[LossRow], lengths: torch.Tensor) -> tuple[torch
             pos_idx.append(length - count + j)
             tok_ids.append(token)
             owner.append(i)
-    as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    as_long = lambda x: torch.tensor(x, dtype=torch.long)
     return as_long(row_idx), as_long(pos_idx), as_long(tok_ids), as_long(owner)
 
 
@@ -276,7 +276,7 @@ def optimize_targets(
         _optimize_chunk(model, tokenizer, records[i : i + settings.chunk], templates, settings, extra_rows, stop_rules)
         for i in range(0, len(records), settings.chunk)
     ]
-    cat = lambda key: {s: torch.cat([getattr(p, key)[s] for p in parts], dim=1) for s in settings.sites}  # noqa: E731
+    cat = lambda key: {s: torch.cat([getattr(p, key)[s] for p in parts], dim=1) for s in settings.sites}
     return TargetResult(
         z=cat("z"),
         h_init=cat("h_init"),

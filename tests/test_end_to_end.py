@@ -1,0 +1,56 @@
+"""End-to-end runs on SmolLM2-135M: the default job and every algorithm on 10 demo facts.
+
+These are the slow tests (a few minutes each on 2 CPU cores); each algorithm runs once per session.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from e2e_helpers import run_job
+
+pytestmark = pytest.mark.slow
+
+FAST = ["progress=false", "eval.perplexity=true"]
+
+
+@pytest.fixture(scope="session")
+def default_summary(tmp_path_factory) -> dict:
+    """The default job (`edit-run` with no arguments): ROME on SmolLM2 over 10 demo facts."""
+    return run_job(FAST, tmp_path_factory.mktemp("default"))
+
+
+def test_default_run_flips_demo_facts(default_summary: dict) -> None:
+    pre, post = default_summary["pre"], default_summary["post"]
+    assert default_summary["algo"] == "rome" and default_summary["num_edits"] == 10
+    assert default_summary["model"] == "smollm2-135m"
+    assert pre["efficacy_success"] <= 0.2, "the unedited model should prefer the true objects"
+    assert post["efficacy_success"] >= 0.9
+    assert post["efficacy_accuracy"] >= 0.9
+    assert post["generalization_success"] > pre["generalization_success"]
+    assert post["specificity_success"] >= pre["specificity_success"] - 0.1
+    assert post["perplexity"] < 1.5 * pre["perplexity"]
+
+
+def test_default_run_records_protocol_and_provenance(default_summary: dict) -> None:
+    protocol = default_summary["protocol"]
+    assert protocol["name"] == "batched" and protocol["batch_size"] == 10 and protocol["num_steps"] == 1
+    assert protocol["metric_definition"] == "memit"
+    provenance = default_summary["provenance"]
+    assert provenance["git_hash"] and "torch" in provenance["versions"]
+    assert default_summary["model_revision"].startswith("gguf:")
+    templates = default_summary["context_templates"]
+    assert len(templates) == 1 and templates[0][0] == "{}" and all(t.endswith(". {}") for t in templates[0][1:])
+
+
+@pytest.mark.parametrize("algo", ["memit", "pmet", "emmet", "alphaedit", "ft"])
+def test_algorithm_edits_demo_facts(algo: str, tmp_path: Path) -> None:
+    protocol = ["protocol=sequential", "protocol.batch_size=1"] if algo == "emmet" else []
+    summary = run_job([f"algo={algo}", *protocol, *FAST], tmp_path)
+    assert summary["num_edits"] == 10
+    assert summary["post"]["efficacy_success"] >= 0.9, summary["post"]
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert {r["eval"] for r in records} >= {"pre", "end"}
