@@ -61,6 +61,16 @@ def check_subjects(records: list[EditRecord]) -> None:
         find_subject(record.rewrite_prompt, record.subject, record.case_id)
 
 
+def check_covariance_corpus(cfg: DictConfig) -> None:
+    """A local covariance corpus must exist before any model is loaded."""
+    corpus = cfg.stats.corpus.value if hasattr(cfg.stats.corpus, "value") else str(cfg.stats.corpus)
+    path = cfg.stats.text_path
+    if corpus == "text" and not path:
+        raise fail("stats.text_path", "stats.corpus=text needs a text file, e.g. stats.text_path=wiki.test.raw")
+    if path and not Path(path).is_file():
+        raise fail("stats.text_path", f"covariance corpus file {path} does not exist; give an existing text file")
+
+
 def plan_run(cfg: DictConfig, cache_dir: Path) -> RunPlan:
     """Validate the config and the data, and split the edits into steps — no model needed."""
     spec = algorithm_spec(cfg.algo.name.value if hasattr(cfg.algo.name, "value") else str(cfg.algo.name))
@@ -75,6 +85,8 @@ def plan_run(cfg: DictConfig, cache_dir: Path) -> RunPlan:
         raise fail("algo.layers", "give at least one layer index")
     if spec.solver == "rome" and len(cfg.algo.layers) != 1:
         raise fail("algo.layers", f"ROME edits exactly one layer, got {list(cfg.algo.layers)}")
+    if spec.needs_covariance:
+        check_covariance_corpus(cfg)
     records = load_edit_records(cfg.data, cache_dir)
     if not records:
         raise fail("data.num_edits", "the selection is empty; select at least one edit")

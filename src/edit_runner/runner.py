@@ -26,10 +26,13 @@ from edit_runner.editing.context import ContextTemplates, generate_context_templ
 from edit_runner.editing.covariance import (
     CovarianceCache,
     CovarianceSettings,
-    _hub_reachable,
     hf_corpus,
+    hf_ident,
+    hub_reachable,
     model_sample_corpus,
+    model_samples_ident,
     text_file_corpus,
+    text_file_ident,
 )
 from edit_runner.editing.editor import Editor, IterativeOptions, SpreadOptions
 from edit_runner.editing.neighbors import select_train_neighbors
@@ -37,7 +40,7 @@ from edit_runner.editing.wrappers import MPESRule, NeighborRows
 from edit_runner.errors import ConfigError
 from edit_runner.evaluation.edit_metrics import evaluate_records, summarize
 from edit_runner.evaluation.perplexity import evaluate_perplexity
-from edit_runner.evaluation.trackers import HealthTracker
+from edit_runner.evaluation.trackers import HealthTracker, fluency
 from edit_runner.io import atomic_torch_save, atomic_write_json, atomic_write_jsonl
 from edit_runner.models.layout import num_layers
 from edit_runner.models.loading import LoadedModel, default_cache_dir, load_model
@@ -82,7 +85,7 @@ def build_covariance(cfg: DictConfig, loaded: LoadedModel, cache_dir: Path) -> C
     corpus = _value(stats.corpus)
     n_samples = int(cfg.algo.mom2_n_samples)
     if corpus == "auto":
-        corpus = "text" if stats.text_path else ("hf" if _hub_reachable() else "model_samples")
+        corpus = "text" if stats.text_path else ("hf" if hub_reachable() else "model_samples")
     if corpus == "text" and not stats.text_path:
         raise ConfigError("stats.text_path: stats.corpus=text needs a text file (e.g. wikitext's wiki.test.raw)")
 
@@ -96,7 +99,13 @@ def build_covariance(cfg: DictConfig, loaded: LoadedModel, cache_dir: Path) -> C
     max_length = int(stats.max_length or cfg.model.max_length or 1024)
     effective = n_samples if corpus != "model_samples" else int(stats.fallback_texts)
     settings = CovarianceSettings(loaded.name, loaded.revision, effective, max_length, str(cfg.algo.mom2_dtype), int(stats.batch_size))
-    return CovarianceCache(cache_dir, settings, factory)
+    if corpus == "text":
+        ident = text_file_ident(stats.text_path)
+    elif corpus == "hf":
+        ident = hf_ident(stats.hf_dataset, stats.hf_config, stats.hf_split)
+    else:
+        ident = model_samples_ident(int(stats.fallback_texts), int(stats.fallback_length), 1)
+    return CovarianceCache(cache_dir, settings, factory, ident)
 
 
 def build_editor(cfg: DictConfig, plan: RunPlan, loaded: LoadedModel, templates: ContextTemplates, covariance: CovarianceCache | None) -> Editor:
@@ -184,6 +193,8 @@ class Runner:
         editor = build_editor(cfg, plan, loaded, templates, covariance)
         state = checkpoint or self._fresh_state(loaded, plan)
         tracker = HealthTracker(cfg, editor.modules, editor.original, state["pre"].get("perplexity"))
+        if checkpoint is None and cfg.eval.every_n_edits:
+            state["health_initial"] = tracker.measure(loaded.model, loaded.tokenizer, 0, [])
         if checkpoint is not None:
             self._restore(loaded, editor, tracker, checkpoint)
             self.console.print(f"[yellow]resuming[/yellow] after step {checkpoint['completed_steps']} of {len(plan.steps)}")
@@ -192,6 +203,8 @@ class Runner:
         self._loop(plan, loaded, editor, tracker, state)
         post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, state.get("pre_rows_easyedit"))
         post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
+        if cfg.eval.fluency:
+            post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
         summary = self._summary(cfg, plan, loaded, templates, state, post, post_rows, tracker, dropped, time.perf_counter() - started)
         self.print_summary(summary)
         return summary
@@ -357,10 +370,13 @@ class Runner:
         if dropped:
             summary["neighbor_selection"] = {"dropped": len(dropped), "dropped_case_ids": dropped, "kept": len(plan.records)}
         if tracker.rows:
-            summary["health"] = {"final": reports[-1].get("health", {}), "alarms": tracker.alarms}
-        summary["fact_probs"] = {
-            "edited": float(np.mean([r.get("efficacy_prob_new", np.nan) for r in post_rows])) if post_rows and "efficacy_prob_new" in post_rows[0] else None,
-        }
+            summary["health"] = {"initial": state.get("health_initial", {}), "final": reports[-1].get("health", {}), "alarms": tracker.alarms}
+        if post_rows and "efficacy_nll_true" in post_rows[0]:
+            summary["fact_probs"] = {
+                "edited": float(np.mean([np.exp(-np.asarray(r["efficacy_nll_new"])).mean() for r in post_rows])),
+                "original": float(np.mean([np.exp(-np.asarray(r["efficacy_nll_true"])).mean() for r in post_rows])),
+                "definition": "mean over edits of the per-token geometric-mean probability on the rewrite prompt, after editing",
+            }
         self._write_results(summary, post_rows, state, tracker)
         return summary
 

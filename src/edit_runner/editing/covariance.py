@@ -32,7 +32,8 @@ class Corpus:
     texts: list[str]
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers (False when offline mode is set)."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return False
     try:
@@ -49,6 +50,22 @@ def fixed_random_subset(count: int, sample_size: int) -> list[int]:
     return order[:sample_size]
 
 
+def text_file_ident(path: str | Path) -> str:
+    """Identity of a local text corpus: its name and content hash."""
+    file = Path(path)
+    return f"text-{file.stem}-{hashlib.sha256(file.read_bytes()).hexdigest()[:12]}"
+
+
+def model_samples_ident(num_texts: int, length: int, seed: int = 1) -> str:
+    """Identity of the model-sample fallback corpus."""
+    return f"model-samples-{num_texts}x{length}-seed{seed}"
+
+
+def hf_ident(dataset: str, config: str | None, split: str) -> str:
+    """Identity of a Hugging Face corpus."""
+    return f"hf-{dataset}-{config}-{split}"
+
+
 def text_file_corpus(path: str | Path, n_samples: int) -> Corpus:
     """Paragraphs of a local text file (blank-line or heading separated), sampled like the reference."""
     file = Path(path)
@@ -58,8 +75,7 @@ def text_file_corpus(path: str | Path, n_samples: int) -> Corpus:
     if not paragraphs:
         raise ConfigError(f"stats.text_path: {file} holds no usable text")
     chosen = [paragraphs[i] for i in fixed_random_subset(len(paragraphs), n_samples)]
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
-    return Corpus(ident=f"text-{file.stem}-{digest}", texts=chosen)
+    return Corpus(ident=text_file_ident(file), texts=chosen)
 
 
 def hf_corpus(dataset: str, config: str | None, split: str, n_samples: int) -> Corpus:
@@ -75,7 +91,7 @@ def hf_corpus(dataset: str, config: str | None, split: str, n_samples: int) -> C
         ) from err
     indices = fixed_random_subset(len(data), n_samples * 2)
     texts = [t for t in (data[i]["text"] for i in indices) if t and t.strip()][:n_samples]
-    return Corpus(ident=f"hf-{dataset}-{config}-{split}", texts=texts)
+    return Corpus(ident=hf_ident(dataset, config, split), texts=texts)
 
 
 def model_sample_corpus(model: torch.nn.Module, tokenizer, num_texts: int, length: int, seed: int = 1) -> Corpus:
@@ -87,7 +103,7 @@ def model_sample_corpus(model: torch.nn.Module, tokenizer, num_texts: int, lengt
         rows = min(64, num_texts - offset)
         sequence = sample_top_k(model, torch.full((rows, 1), start), length, generator)
         texts += tokenizer.batch_decode(sequence[:, 1:], skip_special_tokens=True)
-    return Corpus(ident=f"model-samples-{num_texts}x{length}-seed{seed}", texts=texts)
+    return Corpus(ident=model_samples_ident(num_texts, length, seed), texts=texts)
 
 
 def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -149,10 +165,11 @@ class CovarianceSettings:
 class CovarianceCache:
     """Run-owned covariance provider: loads or computes C per rewrite module, never from an edited model."""
 
-    def __init__(self, cache_dir: Path, settings: CovarianceSettings, corpus_factory) -> None:
+    def __init__(self, cache_dir: Path, settings: CovarianceSettings, corpus_factory, corpus_ident: str | None = None) -> None:
         self.cache_dir = Path(cache_dir)
         self.settings = settings
         self.corpus_factory = corpus_factory
+        self._ident = corpus_ident
         self._corpus: Corpus | None = None
         self._loaded: dict[str, torch.Tensor] = {}
 
@@ -176,13 +193,14 @@ class CovarianceCache:
         wanted = [m for m in modules if m not in self._loaded]
         if not wanted:
             return
-        corpus = self.corpus()
-        paths = {m: self.path_for(m, corpus.ident) for m in wanted}
+        ident = self._ident if self._ident is not None else self.corpus().ident
+        paths = {m: self.path_for(m, ident) for m in wanted}
         lock_path = paths[wanted[0]].parent / "compute.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock_path)):
             missing = [m for m in wanted if not paths[m].exists()]
             if missing:
+                corpus = self.corpus()
                 dtype = getattr(torch, self.settings.dtype)
                 moments, count = second_moments(
                     model, tokenizer, missing, corpus.texts, self.settings.max_length, self.settings.batch_size, dtype, progress

@@ -92,7 +92,7 @@ class MPESRule:
         """Stop records whose new object is top-1 often enough (or probable enough)."""
         if self.prob_cutoff < 0:
             self.counter += stats.prefixed_all_argmax.cpu().long()
-            return self.counter >= int(round(abs(self.prob_cutoff)))
+            return self.counter >= round(abs(self.prob_cutoff))
         return torch.exp(-stats.rewrite_nll.cpu()) > self.prob_cutoff
 
 

