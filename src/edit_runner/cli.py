@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from edit_runner.config import register_configs, register_resolvers
@@ -22,6 +23,8 @@ def _run(cfg: DictConfig) -> None:
     try:
         Runner(cfg, run_dir, overrides).run()
     except EditRunnerError as err:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # launchers (submitit) must see the job fail, not a clean exit
         print(f"edit-run: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -285,7 +285,7 @@ class StatsConfig:
     hf_split: str = "train"
     text_path: str | None = None
     max_length: int | None = None
-    fallback_texts: int = 256
+    fallback_texts: int = 128
     fallback_length: int = 64
     batch_size: int = 16
 

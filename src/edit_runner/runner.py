@@ -7,6 +7,7 @@ ends with the numbers an uninterrupted run gives.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -20,12 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edit_runner.config import apply_paper_hyperparameters, config_hash
+from edit_runner.config import apply_paper_hyperparameters, config_hash, slug
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates, generate_context_templates, load_context_templates
 from edit_runner.editing.covariance import (
     CovarianceCache,
     CovarianceSettings,
+    cached_corpus,
     hf_corpus,
     hf_ident,
     hub_reachable,
@@ -89,22 +91,26 @@ def build_covariance(cfg: DictConfig, loaded: LoadedModel, cache_dir: Path) -> C
     if corpus == "text" and not stats.text_path:
         raise ConfigError("stats.text_path: stats.corpus=text needs a text file (e.g. wikitext's wiki.test.raw)")
 
-    def factory():
-        if corpus == "text":
-            return text_file_corpus(stats.text_path, n_samples)
-        if corpus == "hf":
-            return hf_corpus(stats.hf_dataset, stats.hf_config, stats.hf_split, n_samples)
-        return model_sample_corpus(loaded.model, loaded.tokenizer, int(stats.fallback_texts), int(stats.fallback_length), seed=1)
-
-    max_length = int(stats.max_length or cfg.model.max_length or 1024)
-    effective = n_samples if corpus != "model_samples" else int(stats.fallback_texts)
-    settings = CovarianceSettings(loaded.name, loaded.revision, effective, max_length, str(cfg.algo.mom2_dtype), int(stats.batch_size))
     if corpus == "text":
         ident = text_file_ident(stats.text_path)
     elif corpus == "hf":
         ident = hf_ident(stats.hf_dataset, stats.hf_config, stats.hf_split)
     else:
         ident = model_samples_ident(int(stats.fallback_texts), int(stats.fallback_length), 1)
+
+    def factory():
+        if corpus == "text":
+            return text_file_corpus(stats.text_path, n_samples)
+        if corpus == "hf":
+            return hf_corpus(stats.hf_dataset, stats.hf_config, stats.hf_split, n_samples)
+        return cached_corpus(
+            cache_dir / "corpora" / f"{slug(loaded.name)}-{hashlib.sha1(loaded.revision.encode()).hexdigest()[:8]}-{ident}.json",
+            lambda: model_sample_corpus(loaded.model, loaded.tokenizer, int(stats.fallback_texts), int(stats.fallback_length), seed=1),
+        )
+
+    max_length = int(stats.max_length or cfg.model.max_length or 1024)
+    effective = n_samples if corpus != "model_samples" else int(stats.fallback_texts)
+    settings = CovarianceSettings(loaded.name, loaded.revision, effective, max_length, str(cfg.algo.mom2_dtype), int(stats.batch_size))
     return CovarianceCache(cache_dir, settings, factory, ident)
 
 

@@ -106,6 +106,20 @@ def model_sample_corpus(model: torch.nn.Module, tokenizer, num_texts: int, lengt
     return Corpus(ident=model_samples_ident(num_texts, length, seed), texts=texts)
 
 
+def cached_corpus(path: Path, build) -> Corpus:
+    """Load a generated corpus from ``path`` or build it once and store it there (atomic write)."""
+    import json
+
+    from edit_runner.io import atomic_write_json
+
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Corpus(ident=data["ident"], texts=data["texts"])
+    corpus = build()
+    atomic_write_json(path, {"ident": corpus.ident, "texts": corpus.texts})
+    return corpus
+
+
 def _batches(tokenizer, texts: list[str], max_length: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
     encoded = [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
     encoded = sorted((e for e in encoded if e), key=len)
