@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -50,6 +51,10 @@ from edit_runner.plan import RunPlan, plan_run
 from edit_runner.provenance import provenance
 
 CHECKPOINT = "checkpoint/state.pt"
+
+
+def _log() -> logging.Logger:
+    return logging.getLogger("edit_runner.runner")
 
 
 def _value(x: Any) -> Any:
@@ -175,6 +180,7 @@ class Runner:
         bad = [layer for layer in cfg.algo.layers if not 0 <= int(layer) < depth]
         if bad:
             raise ConfigError(f"algo.layers: layers {bad} do not exist; {cfg.model.name} has layers 0..{depth - 1}")
+        _log().info("model %s loaded (%s); %d edits in %d steps", cfg.model.name, loaded.revision, len(plan.records), len(plan.steps))
         checkpoint = self._load_checkpoint()
         templates = self._templates(loaded, plan, checkpoint)
         covariance = None
@@ -184,6 +190,7 @@ class Runner:
                 task = progress.add_task("covariance statistics", total=None)
                 covariance.ensure(loaded.model, loaded.tokenizer, [loaded.layout.mlp_out.format(int(l)) for l in sorted(cfg.algo.layers)],
                                   progress=lambda items: progress.track(items, task_id=task))
+        _log().info("context templates and covariance ready")
         dropped: list[str] = []
         needs_selection = not all(r.train_neighbors for r in plan.records)
         if ("na" in plan.wrappers or "nap" in plan.wrappers) and needs_selection:
@@ -282,6 +289,7 @@ class Runner:
                     step_row["health"] = tracker.measure(loaded.model, loaded.tokenizer, done_edits, edited)
                 state["step_reports"].append(step_row)
                 state["completed_steps"] = index + 1
+                _log().info("step %d/%d done (%d edits so far): %s", index + 1, len(plan.steps), done_edits, dict(report.seconds))
                 self._save_checkpoint(loaded, editor, tracker, state)
                 progress.advance(task)
 

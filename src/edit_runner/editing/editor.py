@@ -297,13 +297,15 @@ class Editor:
         return finetune(self.model, self.tokenizer, records, params, settings)
 
     # ----- weights ---------------------------------------------------------------------------
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {name: self.model.get_submodule(name).weight.detach().clone() for name in self.modules}
+    def _snapshot(self) -> dict[str, Any]:
+        weights = {name: self.model.get_submodule(name).weight.detach().clone() for name in self.modules}
+        return {"weights": weights, "state": self.state_dict()}
 
-    def _restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+    def _restore(self, snapshot: dict[str, Any]) -> None:
         with torch.no_grad():
-            for name, weight in snapshot.items():
+            for name, weight in snapshot["weights"].items():
                 self.model.get_submodule(name).weight.copy_(weight)
+        self.load_state_dict(snapshot["state"])
 
     def _set_layers_to_original(self) -> None:
         with torch.no_grad():

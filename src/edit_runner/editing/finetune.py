@@ -55,8 +55,8 @@ def finetune(model: torch.nn.Module, tokenizer, records: list[EditRecord], param
             for start in range(0, len(records), settings.batch_size):
                 optimizer.zero_grad()
                 loss = _last_token_loss(model, tokenizer, records[start : start + settings.batch_size], device)
-                losses.append(float(loss))
-                if float(loss) >= STEP_LOSS_THRESHOLD:
+                losses.append(loss.item())
+                if losses[-1] >= STEP_LOSS_THRESHOLD:
                     loss.backward()
                     optimizer.step()
                     steps += 1
