@@ -46,10 +46,9 @@ def test_default_run_records_protocol_and_provenance(default_summary: dict) -> N
     assert len(templates) == 1 and templates[0][0] == "{}" and all(t.endswith(". {}") for t in templates[0][1:])
 
 
-@pytest.mark.parametrize("algo", ["memit", "pmet", "emmet", "alphaedit", "ft"])
+@pytest.mark.parametrize("algo", ["memit", "pmet", "emmet", "alphaedit", "ft", "ft_c"])
 def test_algorithm_edits_demo_facts(algo: str, tmp_path: Path) -> None:
-    protocol = ["protocol=sequential", "protocol.batch_size=1"] if algo == "emmet" else []
-    summary = run_job([f"algo={algo}", *protocol, *FAST], tmp_path)
+    summary = run_job([f"algo={algo}", *FAST], tmp_path)
     assert summary["num_edits"] == 10
     assert summary["post"]["efficacy_success"] >= 0.9, summary["post"]
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]

@@ -212,7 +212,7 @@ class Runner:
             self._restore(loaded, editor, tracker, checkpoint)
             self.console.print(f"[yellow]resuming[/yellow] after step {checkpoint['completed_steps']} of {len(plan.steps)}")
         if plan.spec.solver != "finetune" and "iterative" in plan.wrappers and cfg.wrapper.iterative.full_metrics:
-            editor.on_iteration = lambda it: self._iteration_metrics(loaded, self._current_records)
+            editor.on_iteration = lambda it: self._iteration_metrics(loaded, self._current_records, state.get("pre_rows_easyedit"))
         self._loop(plan, loaded, editor, tracker, state)
         post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, state.get("pre_rows_easyedit"))
         post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
@@ -293,8 +293,8 @@ class Runner:
                 self._save_checkpoint(loaded, editor, tracker, state)
                 progress.advance(task)
 
-    def _iteration_metrics(self, loaded: LoadedModel, records: list[EditRecord]) -> dict[str, Any]:
-        rows = evaluate_records(loaded.model, loaded.tokenizer, records, self.metric_definition, self.cfg.eval.batch_size)
+    def _iteration_metrics(self, loaded: LoadedModel, records: list[EditRecord], pre_rows: list | None) -> dict[str, Any]:
+        rows = evaluate_records(loaded.model, loaded.tokenizer, records, self.metric_definition, self.cfg.eval.batch_size, pre_rows)
         return self._with_perplexity(loaded, summarize(rows, self.metric_definition))
 
     # ------------------------------------------------------------------ checkpoint
@@ -384,7 +384,11 @@ class Runner:
         if dropped:
             summary["neighbor_selection"] = {"dropped": len(dropped), "dropped_case_ids": dropped, "kept": len(plan.records)}
         if tracker.rows:
-            summary["health"] = {"initial": state.get("health_initial", {}), "final": reports[-1].get("health", {}), "alarms": tracker.alarms}
+            summary["health"] = {
+                "initial": health_view(state.get("health_initial", {})),
+                "final": health_view(reports[-1].get("health", {})),
+                "alarms": tracker.alarms,
+            }
         if post_rows and "efficacy_nll_true" in post_rows[0]:
             summary["fact_probs"] = {
                 "edited": float(np.mean([np.exp(-np.asarray(r["efficacy_nll_new"])).mean() for r in post_rows])),
@@ -425,6 +429,21 @@ class Runner:
             fmt = (lambda v: "—" if v is None else f"{v:.2f}") if key == "perplexity" else (lambda v: "—" if v is None else f"{100 * v:.1f}%")
             table.add_row(key, fmt(pre), fmt(post))
         self.console.print(table)
+
+
+def health_view(point: dict[str, Any]) -> dict[str, Any]:
+    """A tracker point with the flat names the report layouts read (forgotten, normalized_distance, f1)."""
+    view = dict(point)
+    if "forgetting" in point:
+        view["forgotten"] = point["forgetting"]["forgotten"]
+    if "norms" in point:
+        view["normalized_distance"] = {layer: v["normalized_distance"] for layer, v in point["norms"].items()}
+    if "downstream" in point:
+        view["downstream"] = {
+            task: {**m, "f1": m.get("gen_f1", m.get("prob_f1")), "accuracy": m.get("gen_accuracy", m.get("prob_accuracy"))}
+            for task, m in point["downstream"].items()
+        }
+    return view
 
 
 def atomic_write_text_yaml(path: Path, cfg: DictConfig) -> None:
