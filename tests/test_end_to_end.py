@@ -27,13 +27,14 @@ def test_default_run_flips_demo_facts(default_summary: dict) -> None:
     pre, post = default_summary["pre"], default_summary["post"]
     assert default_summary["algo"] == "rome" and default_summary["num_edits"] == 10
     assert default_summary["model"] == "smollm2-135m"
-    # Measured (CPU, 1 thread): efficacy success 0.9, generalization 0.75, specificity 1.0 -> 0.73,
-    # perplexity 28.8 -> 74.7. The thresholds leave one fact of margin for thread-count rounding.
+    # Measured (CPU, 1 thread): efficacy/generalization success 1.0, efficacy accuracy 1.0,
+    # specificity 1.0 -> 0.83, perplexity 28.8 -> 29.4. Thresholds leave a fact of margin for rounding.
     assert pre["efficacy_success"] <= 0.2, "the unedited model should prefer the true objects"
-    assert post["efficacy_success"] >= 0.8
-    assert post["generalization_success"] >= pre["generalization_success"] + 0.5
-    assert post["specificity_success"] >= 0.6
-    assert post["perplexity"] < 4 * pre["perplexity"]
+    assert post["efficacy_success"] >= 0.9
+    assert post["efficacy_accuracy"] >= 0.9
+    assert post["generalization_success"] >= 0.8
+    assert post["specificity_success"] >= 0.7
+    assert post["perplexity"] < 1.2 * pre["perplexity"]
 
 
 def test_default_run_records_protocol_and_provenance(default_summary: dict) -> None:
@@ -47,12 +48,30 @@ def test_default_run_records_protocol_and_provenance(default_summary: dict) -> N
     assert len(templates) == 1 and templates[0][0] == "{}" and all(t.endswith(". {}") for t in templates[0][1:])
 
 
-@pytest.mark.parametrize("algo", ["memit", "pmet", "emmet", "alphaedit", "ft", "ft_c"])
+@pytest.mark.parametrize("algo", ["memit", "pmet", "emmet", "alphaedit", "ft"])
 def test_algorithm_edits_demo_facts(algo: str, tmp_path: Path) -> None:
     summary = run_job([f"algo={algo}", *FAST], tmp_path)
-    # Measured: 0.9 for EMMET and AlphaEdit (specificity 0.70/0.75, perplexity 28.8 -> 30.3/29.0).
+    # Measured efficacy: MEMIT 0.9 (λ 5000), EMMET 0.9, AlphaEdit 0.9, FT 0.9; specificity 0.70-0.92.
     assert summary["num_edits"] == 10
     assert summary["pre"]["efficacy_success"] <= 0.2
     assert summary["post"]["efficacy_success"] >= 0.8, summary["post"]
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert {r["eval"] for r in records} >= {"pre", "end"}
+
+
+def test_ft_c_edits_within_its_box(tmp_path: Path) -> None:
+    """FT-C is the constrained baseline: it moves toward the new objects but stays in its L∞ box.
+
+    Measured on 10 demo facts with ε = 2e-3: efficacy 0.0 -> 0.4, specificity 0.97, perplexity 28.8 -> 28.9.
+    """
+    summary = run_job(["algo=ft_c", *FAST], tmp_path)
+    assert summary["post"]["efficacy_success"] >= summary["pre"]["efficacy_success"] + 0.2
+    assert summary["post"]["specificity_success"] >= 0.9
+    import torch
+
+    from edit_runner.models.loading import load_model
+
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    original = load_model(source="smollm2", device="cpu").model.get_submodule("model.layers.0.mlp.down_proj").weight
+    moved = (state["touched"]["model.layers.0.mlp.down_proj.weight"] - original).abs().max().item()
+    assert 0 < moved <= 2e-3 + 1e-6
