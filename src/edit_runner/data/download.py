@@ -108,13 +108,17 @@ def _copy_stream(response: BinaryIO, handle: BinaryIO, total: int | None, label:
 def _download(name: str, url: str, target: Path, sha256: str | None, timeout: float) -> None:
     instructions = _manual_instructions(name, url, target, sha256)
     if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        raise DataError(f"data={name}: {target.name} is not in the cache and {OFFLINE_ENV} is set. {instructions}")
+        raise DataError(
+            f"data={name}: {target.name} is not in the cache and {OFFLINE_ENV} is set. {instructions}"
+        )
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
         try:
             with os.fdopen(fd, "wb") as handle, urllib.request.urlopen(url, timeout=timeout) as response:
-                length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+                length = (
+                    response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+                )
                 total = int(length) if length and str(length).isdigit() else None
                 actual = _copy_stream(response, handle, total, f"downloading {target.name}")
                 handle.flush()

@@ -74,7 +74,9 @@ class _Where:
 
 def _require_row(row: Any, where: _Where) -> Row:
     if not isinstance(row, dict):
-        raise DataError(f"{where.source}: record {where.index} must be a JSON object, got {type(row).__name__}")
+        raise DataError(
+            f"{where.source}: record {where.index} must be a JSON object, got {type(row).__name__}"
+        )
     return row
 
 
@@ -241,7 +243,10 @@ def _parse_counterfact_row(row: Row, index: int, source: str) -> EditRecord:
 def parse_counterfact(rows: Sequence[Any], source: str = "<counterfact>") -> list[EditRecord]:
     """CounterFact / MultiCounterFact rows (ROME/MEMIT schema, optional aligned ``neighborhood_samples``)."""
     return _finish(
-        [_parse_counterfact_row(_require_row(row, _Where(source, i)), i, source) for i, row in enumerate(rows)],
+        [
+            _parse_counterfact_row(_require_row(row, _Where(source, i)), i, source)
+            for i, row in enumerate(rows)
+        ],
         source,
     )
 
@@ -253,7 +258,9 @@ def _parse_zsre_row(row: Row, index: int, source: str) -> EditRecord:
     template = to_template(src, subject, where, "src")
     answers = _get(row, "answers", where)
     if not isinstance(answers, list) or not answers:
-        raise where.error("answers", "must be a non-empty list of answer strings (answers[0] is the new target)")
+        raise where.error(
+            "answers", "must be a non-empty list of answer strings (answers[0] is the new target)"
+        )
     target_new = _string(answers[0], "answers[0]", where).strip()
     loc = _string(row.get("loc"), "loc", where)
     loc_ans = _string(row.get("loc_ans"), "loc_ans", where).strip()
@@ -299,12 +306,16 @@ def _locality(value: Any, where: _Where) -> tuple[NeighborPrompt, ...]:
     if value is None:
         return ()
     if not isinstance(value, dict):
-        raise where.error("locality", f"must be an object {{name: {{prompt, ground_truth}}}}, got {type(value).__name__}")
+        raise where.error(
+            "locality", f"must be an object {{name: {{prompt, ground_truth}}}}, got {type(value).__name__}"
+        )
     neighbors: list[NeighborPrompt] = []
     for name, entry in value.items():
         field = f"locality.{name}"
         if not isinstance(entry, dict):
-            raise where.error(field, f"must be an object {{prompt, ground_truth}}, got {type(entry).__name__}")
+            raise where.error(
+                field, f"must be an object {{prompt, ground_truth}}, got {type(entry).__name__}"
+            )
         prompts = entry.get("prompt")
         truths = entry.get("ground_truth")
         if prompts is None:
@@ -331,14 +342,18 @@ def _train_neighbors(value: Any, target: str, where: _Where) -> tuple[NeighborPr
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise where.error("neighborhood_samples", f"must be a list of {{subject, prompt}}, got {type(value).__name__}")
+        raise where.error(
+            "neighborhood_samples", f"must be a list of {{subject, prompt}}, got {type(value).__name__}"
+        )
     out = []
     for i, sample in enumerate(value):
         name = f"neighborhood_samples[{i}]"
         if not isinstance(sample, dict):
             raise where.error(name, f"must be an object {{subject, prompt}}, got {type(sample).__name__}")
         subject = _string(sample.get("subject"), f"{name}.subject", where)
-        template = to_template(_string(sample.get("prompt"), f"{name}.prompt", where), subject, where, f"{name}.prompt")
+        template = to_template(
+            _string(sample.get("prompt"), f"{name}.prompt", where), subject, where, f"{name}.prompt"
+        )
         out.append(NeighborPrompt(template.replace("{}", subject, 1), target, subject))
     return tuple(out)
 
@@ -401,10 +416,17 @@ def _custom_neighbors(value: Any, target_true: str, where: _Where) -> tuple[tupl
     for i, item in enumerate(value):
         field = f"neighborhood_prompts[{i}]"
         if isinstance(item, str):
+            if "{}" in item:
+                raise where.error(
+                    field, f'{item!r} has \'{{}}\': give it as {{"prompt": ..., "subject": ...}}'
+                )
             out.append(NeighborPrompt(_string(item, field, where), target_true))
             continue
         if not isinstance(item, dict):
-            raise where.error(field, f"must be a string or an object {{prompt, target?, subject?}}, got {type(item).__name__}")
+            raise where.error(
+                field,
+                f"must be a string or an object {{prompt, target?, subject?}}, got {type(item).__name__}",
+            )
         unknown = sorted(set(item) - {"prompt", "target", "subject"})
         if unknown:
             raise where.error(field, f"has unknown keys {unknown}; allowed: prompt, target, subject")
@@ -416,6 +438,10 @@ def _custom_neighbors(value: Any, target_true: str, where: _Where) -> tuple[tupl
                 prompt = to_template(prompt, subject, where, f"{field}.prompt").replace("{}", subject, 1)
             elif subject not in prompt:
                 raise where.error(f"{field}.subject", f"{subject!r} does not occur in its prompt {prompt!r}")
+        elif "{}" in prompt:
+            raise where.error(
+                f"{field}.subject", "is missing: a prompt with '{}' needs the subject that fills it"
+            )
         target = _target(item["target"], f"{field}.target", where) if "target" in item else target_true
         out.append(NeighborPrompt(prompt, target, subject))
     return tuple(out), bool(out) and all(n.subject is not None for n in out)
@@ -434,7 +460,9 @@ def _parse_custom_row(row: Row, index: int, source: str) -> EditRecord:
         for key in unknown:
             close = difflib.get_close_matches(key, CUSTOM_FIELDS, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise DataError(f"{where.label()}: unknown field(s) {', '.join(hints)}; allowed: {', '.join(CUSTOM_FIELDS)}")
+        raise DataError(
+            f"{where.label()}: unknown field(s) {', '.join(hints)}; allowed: {', '.join(CUSTOM_FIELDS)}"
+        )
     subject = _string(row.get("subject"), "subject", where)
     template = to_template(_string(row.get("prompt"), "prompt", where), subject, where)
     target_new = _target(row.get("target_new"), "target_new", where)
@@ -484,7 +512,9 @@ DATASET_FORMATS.register(
 )
 DATASET_FORMATS.register(
     "multi_counterfact",
-    DatasetFormat("multi_counterfact", parse_counterfact, "MEMIT multi_counterfact.json (+ neighborhood_samples)"),
+    DatasetFormat(
+        "multi_counterfact", parse_counterfact, "MEMIT multi_counterfact.json (+ neighborhood_samples)"
+    ),
 )
 DATASET_FORMATS.register("zsre", DatasetFormat("zsre", parse_zsre, "ROME/MEMIT zsre_mem_eval.json"))
 DATASET_FORMATS.register("easyedit", DatasetFormat("easyedit", parse_easyedit, "EasyEdit flat records"))
@@ -530,7 +560,9 @@ def read_json_rows(path: str | os.PathLike[str]) -> list[Any]:
         elif file.suffix.lower() in (".jsonl", ".ndjson"):
             loaded = [loaded]
         else:
-            raise DataError(f"{file}: expected a JSON list of records, got an object with keys {sorted(loaded)[:8]}")
+            raise DataError(
+                f"{file}: expected a JSON list of records, got an object with keys {sorted(loaded)[:8]}"
+            )
     if not isinstance(loaded, list):
         raise DataError(f"{file}: expected a JSON list of records, got {type(loaded).__name__}")
     return loaded
@@ -544,7 +576,9 @@ def _read_jsonl_text(text: str, file: Path) -> list[Any]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise DataError(f"{file}: malformed JSON on line {number} column {err.colno}: {err.msg}") from None
+            raise DataError(
+                f"{file}: malformed JSON on line {number} column {err.colno}: {err.msg}"
+            ) from None
     return rows
 
 

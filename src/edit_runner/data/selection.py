@@ -51,7 +51,11 @@ def read_case_ids(path: str | os.PathLike[str]) -> list[str]:
         raw = [item for item in raw if item]
     ids: list[str] = []
     for position, item in enumerate(raw):
-        if isinstance(item, bool) or not isinstance(item, (int, str)) or (isinstance(item, str) and not item.strip()):
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, (int, str))
+            or (isinstance(item, str) and not item.strip())
+        ):
             raise DataError(
                 f"data.case_ids_file={str(path)!r}: entry {position} is {item!r}; case ids must be integers or strings"
             )
@@ -67,7 +71,9 @@ def read_case_ids(path: str | os.PathLike[str]) -> list[str]:
     return ids
 
 
-def select_by_case_ids(records: Sequence[EditRecord], case_ids: Sequence[str], source: str = "case id list") -> list[EditRecord]:
+def select_by_case_ids(
+    records: Sequence[EditRecord], case_ids: Sequence[str], source: str = "case id list"
+) -> list[EditRecord]:
     """The records with the given case ids, in the order of ``case_ids``; every missing id is listed."""
     by_id = {record.case_id: record for record in records}
     missing = [case_id for case_id in case_ids if case_id not in by_id]
