@@ -18,21 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-import edit_runner
 from conftest import restore_weights
-from edit_runner.config import AlgoConfig
 from edit_runner.data.record import EditRecord
 from edit_runner.editing import solvers
 from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates
-from edit_runner.editing.covariance import CovarianceCache, CovarianceSettings, text_file_corpus
 from edit_runner.editing.editor import Editor
 from edit_runner.editing.keys import activations_at_subject, bare_activations, compute_keys, filled_prompts
 from edit_runner.models.layout import weight_matrix
-
-ALGO_CONF = Path(edit_runner.__file__).parent / "conf" / "algo"
+from editing_helpers import algo_config, covariance
 
 MEMIT_TEMPLATES = ContextTemplates(
     groups=(
@@ -74,25 +69,6 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def cov_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("covariance")
-
-
-def algo_config(name: str, **overrides):
-    """``AlgoConfig`` merged with ``conf/algo/<name>.yaml`` and test overrides."""
-    cfg = OmegaConf.merge(OmegaConf.structured(AlgoConfig), OmegaConf.load(ALGO_CONF / f"{name}.yaml"))
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
-
-
-def covariance(loaded, layers: list[int], cache_dir: Path, shared_dir: Path) -> CovarianceCache:
-    corpus = shared_dir / "data" / "wikitext" / "wiki.test.raw"
-    cache = CovarianceCache(
-        cache_dir,
-        CovarianceSettings(loaded.name, loaded.revision, 200, 128),
-        lambda: text_file_corpus(corpus, 200),
-    )
-    cache.ensure(loaded.model, loaded.tokenizer, [loaded.layout.mlp_out.format(layer) for layer in layers])
-    return cache
 
 
 def spy_targets(editor: Editor) -> list:

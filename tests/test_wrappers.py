@@ -19,16 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
-import edit_runner
 from conftest import restore_weights
-from edit_runner.config import AlgoConfig, register_configs, register_resolvers
+from edit_runner.config import register_configs, register_resolvers
 from edit_runner.data.record import EditRecord, NeighborPrompt
 from edit_runner.editing import solvers
 from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates
-from edit_runner.editing.covariance import CovarianceCache, CovarianceSettings, text_file_corpus
 from edit_runner.editing.editor import Editor, IterativeOptions, SpreadOptions
 from edit_runner.editing.keys import bare_activations, compute_keys
 from edit_runner.editing.targets import OptimizationSettings, StepStats, optimize_targets, rewrite_nll
@@ -39,8 +36,7 @@ from edit_runner.models.layout import weight_matrix
 from edit_runner.models.tokens import encode_prompts, fill_template, target_token_ids
 from edit_runner.plan import plan_run
 from edit_runner.runner import build_covariance, build_editor
-
-ALGO_CONF = Path(edit_runner.__file__).parent / "conf" / "algo"
+from editing_helpers import algo_config, covariance
 
 TEMPLATES = ContextTemplates(
     groups=(
@@ -103,24 +99,6 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def cov_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("covariance")
-
-
-def algo_config(name: str, **overrides):
-    cfg = OmegaConf.merge(OmegaConf.structured(AlgoConfig), OmegaConf.load(ALGO_CONF / f"{name}.yaml"))
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
-
-
-def covariance(loaded, layers: list[int], cache_dir: Path, shared_dir: Path) -> CovarianceCache:
-    corpus = shared_dir / "data" / "wikitext" / "wiki.test.raw"
-    cache = CovarianceCache(
-        cache_dir,
-        CovarianceSettings(loaded.name, loaded.revision, 200, 128),
-        lambda: text_file_corpus(corpus, 200),
-    )
-    cache.ensure(loaded.model, loaded.tokenizer, [loaded.layout.mlp_out.format(layer) for layer in layers])
-    return cache
 
 
 def weights(model, names: list[str]) -> dict[str, torch.Tensor]:
