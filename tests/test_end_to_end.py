@@ -48,13 +48,18 @@ def test_default_run_records_protocol_and_provenance(default_summary: dict) -> N
     assert len(templates) == 1 and templates[0][0] == "{}" and all(t.endswith(". {}") for t in templates[0][1:])
 
 
-@pytest.mark.parametrize("algo", ["memit", "pmet", "emmet", "alphaedit", "ft"])
+# Measured post-edit efficacy success on the 10 default demo facts (CPU, 1 thread): MEMIT 0.9,
+# PMET 1.0, EMMET 1.0, AlphaEdit 1.0, FT 0.8. Each threshold is one fact below the measurement.
+MIN_EFFICACY = {"memit": 0.8, "pmet": 0.9, "emmet": 0.9, "alphaedit": 0.9, "ft": 0.7}
+
+
+@pytest.mark.parametrize("algo", sorted(MIN_EFFICACY))
 def test_algorithm_edits_demo_facts(algo: str, tmp_path: Path) -> None:
     summary = run_job([f"algo={algo}", *FAST], tmp_path)
-    # Measured efficacy: MEMIT 0.9 (λ 5000), EMMET 0.9, AlphaEdit 0.9, FT 0.9; specificity 0.70-0.92.
     assert summary["num_edits"] == 10
     assert summary["pre"]["efficacy_success"] <= 0.2
-    assert summary["post"]["efficacy_success"] >= 0.8, summary["post"]
+    assert summary["post"]["efficacy_success"] >= MIN_EFFICACY[algo], summary["post"]
+    assert summary["post"]["perplexity"] < 1.2 * summary["pre"]["perplexity"]
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert {r["eval"] for r in records} >= {"pre", "end"}
 
@@ -62,7 +67,7 @@ def test_algorithm_edits_demo_facts(algo: str, tmp_path: Path) -> None:
 def test_ft_c_edits_within_its_box(tmp_path: Path) -> None:
     """FT-C is the constrained baseline: it moves toward the new objects but stays in its L∞ box.
 
-    Measured on 10 demo facts with ε = 2e-3: efficacy 0.0 -> 0.4, specificity 0.97, perplexity 28.8 -> 28.9.
+    Measured on 10 demo facts with ε = 2e-3: efficacy 0.0 -> 0.3, specificity 1.0, perplexity 28.8 -> 28.8.
     """
     summary = run_job(["algo=ft_c", *FAST], tmp_path)
     assert summary["post"]["efficacy_success"] >= summary["pre"]["efficacy_success"] + 0.2
