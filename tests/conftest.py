@@ -66,7 +66,7 @@ def tiny_gpt2(shared_dir: Path):
     return LoadedModel(model=model, tokenizer=tokenizer, layout=layout_for("gpt2"), name="tiny-gpt2", revision="random")
 
 
-class restore_weights:  # noqa: N801 - used as a context manager
+class restore_weights:
     """Context manager that snapshots a model's state and restores it on exit."""
 
     def __init__(self, model: torch.nn.Module) -> None:
