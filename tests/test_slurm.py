@@ -165,7 +165,7 @@ def _job_logs(sweep_dir: Path) -> str:
     for log in sorted((sweep_dir / ".submitit").glob("*/*.out")) + sorted(
         (sweep_dir / ".submitit").glob("*/*.err")
     ):
-        parts.append(f"==> {log} <==\n{log.read_text(errors='replace')[-4000:]}")
+        parts.append(f"==> {log} <==\n{log.read_text(errors='replace')}")
     return "\n".join(parts) or f"(no job logs under {sweep_dir / '.submitit'})"
 
 
