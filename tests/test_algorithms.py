@@ -14,7 +14,6 @@ Models: ``tiny_gpt2`` (random weights, GPT-2 ``Conv1D`` stored transposed) and `
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,20 +26,8 @@ from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.editor import Editor
 from edit_runner.editing.keys import activations_at_subject, bare_activations, compute_keys, filled_prompts
 from edit_runner.models.layout import weight_matrix
-from editing_helpers import algo_config, covariance
+from editing_helpers import MEMIT_TEMPLATES, algo_config, cov_dir, covariance, one_thread  # noqa: F401
 
-MEMIT_TEMPLATES = ContextTemplates(
-    groups=(
-        ("{}",),
-        (
-            "The cat sat. {}",
-            "Therefore, it was. {}",
-            "Because she was sad. {}",
-            "I like it. {}",
-            "You can play. {}",
-        ),
-    )
-)
 ROME_TEMPLATES = ContextTemplates(
     groups=(("{}", "The cat sat. {}", "Once upon a time. {}", "It was a sunny day. {}", "She smiled. {}"),)
 )
@@ -58,17 +45,8 @@ STORY_RECORDS = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls are badly slowed by OMP oversubscription on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cov_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("covariance")
+def _one_thread(one_thread):
+    """Run this module's tiny-model tests on one thread."""
 
 
 def spy_targets(editor: Editor) -> list:

@@ -36,20 +36,9 @@ from edit_runner.models.layout import weight_matrix
 from edit_runner.models.tokens import encode_prompts, fill_template, target_token_ids
 from edit_runner.plan import plan_run
 from edit_runner.runner import build_covariance, build_editor
-from editing_helpers import algo_config, covariance
+from editing_helpers import MEMIT_TEMPLATES, algo_config, cov_dir, covariance, one_thread  # noqa: F401
 
-TEMPLATES = ContextTemplates(
-    groups=(
-        ("{}",),
-        (
-            "The cat sat. {}",
-            "Therefore, it was. {}",
-            "Because she was sad. {}",
-            "I like it. {}",
-            "You can play. {}",
-        ),
-    )
-)
+TEMPLATES = MEMIT_TEMPLATES
 ROME_TEMPLATES = ContextTemplates(
     groups=(("{}", "The cat sat. {}", "Once upon a time. {}", "She smiled. {}"),)
 )
@@ -89,16 +78,8 @@ GPT2_RECORD = EditRecord(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def cov_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("covariance")
+def _one_thread(one_thread):
+    """Run this module's tiny-model tests on one thread."""
 
 
 def weights(model, names: list[str]) -> dict[str, torch.Tensor]:

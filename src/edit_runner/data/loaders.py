@@ -207,6 +207,34 @@ def _finish(records: list[EditRecord], source: str) -> list[EditRecord]:
 # ----------------------------------------------------------------------------------------- formats
 
 
+def _counterfact_record(
+    row: Row,
+    where: _Where,
+    case_id: Any,
+    subject: str,
+    template: str,
+    targets: tuple[str, str],
+    neighbors: tuple[NeighborPrompt, ...],
+    known: bool,
+    relation: Any,
+) -> EditRecord:
+    """A CounterFact-kind record with the optional prompt lists read from ``row``."""
+    return EditRecord(
+        case_id=str(case_id),
+        subject=subject,
+        prompt=template,
+        target_new=targets[0],
+        target_true=targets[1],
+        kind=RecordKind.counterfact,
+        paraphrase_prompts=_string_list(row.get("paraphrase_prompts"), "paraphrase_prompts", where),
+        neighborhood=neighbors,
+        attribute_prompts=_string_list(row.get("attribute_prompts"), "attribute_prompts", where),
+        generation_prompts=_string_list(row.get("generation_prompts"), "generation_prompts", where),
+        relation_id=str(relation) if relation is not None else None,
+        neighbor_subjects_known=known,
+    )
+
+
 def _parse_counterfact_row(row: Row, index: int, source: str) -> EditRecord:
     where = _Where(source, index, row.get("case_id"))
     case_id = _get(row, "case_id", where)
@@ -223,20 +251,9 @@ def _parse_counterfact_row(row: Row, index: int, source: str) -> EditRecord:
     neighbors, known = _aligned_neighbors(
         neighbor_prompts, row.get("neighborhood_samples"), target_true, "neighborhood_prompts", where
     )
-    relation = rewrite.get("relation_id")
-    return EditRecord(
-        case_id=str(case_id),
-        subject=subject,
-        prompt=template,
-        target_new=target_new,
-        target_true=target_true,
-        kind=RecordKind.counterfact,
-        paraphrase_prompts=_string_list(row.get("paraphrase_prompts"), "paraphrase_prompts", where),
-        neighborhood=neighbors,
-        attribute_prompts=_string_list(row.get("attribute_prompts"), "attribute_prompts", where),
-        generation_prompts=_string_list(row.get("generation_prompts"), "generation_prompts", where),
-        relation_id=str(relation) if relation is not None else None,
-        neighbor_subjects_known=known and bool(neighbors),
+    return _counterfact_record(
+        row, where, case_id, subject, template, (target_new, target_true), neighbors,
+        known and bool(neighbors), rewrite.get("relation_id"),
     )
 
 
@@ -469,20 +486,8 @@ def _parse_custom_row(row: Row, index: int, source: str) -> EditRecord:
     target_true = _target(row.get("target_true"), "target_true", where)
     _check_targets(target_new, target_true, where, "target_true")
     neighbors, known = _custom_neighbors(row.get("neighborhood_prompts"), target_true, where)
-    relation = row.get("relation_id")
-    return EditRecord(
-        case_id=str(case_id),
-        subject=subject,
-        prompt=template,
-        target_new=target_new,
-        target_true=target_true,
-        kind=RecordKind.counterfact,
-        paraphrase_prompts=_string_list(row.get("paraphrase_prompts"), "paraphrase_prompts", where),
-        neighborhood=neighbors,
-        attribute_prompts=_string_list(row.get("attribute_prompts"), "attribute_prompts", where),
-        generation_prompts=_string_list(row.get("generation_prompts"), "generation_prompts", where),
-        relation_id=str(relation) if relation is not None else None,
-        neighbor_subjects_known=known,
+    return _counterfact_record(
+        row, where, case_id, subject, template, (target_new, target_true), neighbors, known, row.get("relation_id")
     )
 
 
