@@ -41,7 +41,8 @@ from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates, generate_context_templates
 from edit_runner.editing.covariance import Corpus, CovarianceCache, CovarianceSettings, text_file_corpus
 from edit_runner.editing.editor import Editor
-from edit_runner.models.loading import LoadedModel, default_cache_dir, load_model
+from edit_runner.models.loading import LoadedModel, load_model
+from edit_runner.paths import default_cache_dir
 
 ALGORITHMS = ("rome", "memit", "pmet", "emmet", "alphaedit", "ft", "ft_c")
 REPO = Path(__file__).resolve().parents[1]

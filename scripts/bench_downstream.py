@@ -17,7 +17,15 @@ from pathlib import Path
 
 import torch
 
-from edit_runner.evaluation import downstream as ds
+from edit_runner.evaluation.downstream.prompts import build_prompts, model_max_length, parse_generation
+from edit_runner.evaluation.downstream.scoring import (
+    generate_continuations,
+    generate_continuations_loop,
+    predict_from_nll,
+    score_label_words,
+    score_label_words_loop,
+)
+from edit_runner.evaluation.downstream.tasks import get_task, load_task_split
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -83,7 +91,7 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(str(args.model), dtype=dtype).to(args.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(args.model))
         name = args.model.resolve().name
-    max_length = ds.model_max_length(model)
+    max_length = model_max_length(model)
     print(
         f"model {name} ({sum(p.numel() for p in model.parameters()):,} params, "
         f"context {max_length}) on {args.device}/{args.dtype}, threads {torch.get_num_threads()}, "
@@ -94,16 +102,16 @@ def main() -> None:
     print("-" * len(header))
     totals = {"loop": 0.0, "batched": 0.0, "items": 0}
     for task in [t.strip() for t in args.tasks.split(",") if t.strip()]:
-        split = ds.load_task_split(task, args.data_dir, num_items=args.num_items, num_shots=args.num_shots)
-        prompts, _ = ds.build_prompts(task, split.tests, split.shots, tokenizer, max_length)
-        words = ds.get_task(task).label_words
-        ds.score_label_words(model, tokenizer, prompts[:2], words, batch_size=args.batch_size)  # warm-up
+        split = load_task_split(task, args.data_dir, num_items=args.num_items, num_shots=args.num_shots)
+        prompts, _ = build_prompts(task, split.tests, split.shots, tokenizer, max_length)
+        words = get_task(task).label_words
+        score_label_words(model, tokenizer, prompts[:2], words, batch_size=args.batch_size)  # warm-up
         batched, t_batched = _timed(
-            ds.score_label_words, model, tokenizer, prompts, words, batch_size=args.batch_size
+            score_label_words, model, tokenizer, prompts, words, batch_size=args.batch_size
         )
-        loop, t_loop = _timed(ds.score_label_words_loop, model, tokenizer, prompts, words)
+        loop, t_loop = _timed(score_label_words_loop, model, tokenizer, prompts, words)
         diff = (batched - loop).abs().max().item()
-        assert ds.predict_from_nll(batched) == ds.predict_from_nll(loop), f"{task}: predictions differ"
+        assert predict_from_nll(batched) == predict_from_nll(loop), f"{task}: predictions differ"
         assert diff <= args.atol, f"{task}: NLLs differ by {diff}"
         n = len(prompts)
         totals["loop"] += t_loop
@@ -115,11 +123,11 @@ def main() -> None:
         )
         if args.generation:
             gen_b, tg_b = _timed(
-                ds.generate_continuations, model, tokenizer, prompts, batch_size=args.batch_size
+                generate_continuations, model, tokenizer, prompts, batch_size=args.batch_size
             )
-            gen_l, tg_l = _timed(ds.generate_continuations_loop, model, tokenizer, prompts)
-            same = [ds.parse_generation(task, *x) for x in gen_b] == [
-                ds.parse_generation(task, *x) for x in gen_l
+            gen_l, tg_l = _timed(generate_continuations_loop, model, tokenizer, prompts)
+            same = [parse_generation(task, *x) for x in gen_b] == [
+                parse_generation(task, *x) for x in gen_l
             ]
             assert same, f"{task}: generation predictions differ"
             print(

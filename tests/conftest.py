@@ -66,15 +66,16 @@ def tiny_gpt2(shared_dir: Path):
     return LoadedModel(model=model, tokenizer=tokenizer, layout=layout_for("gpt2"), name="tiny-gpt2", revision="random")
 
 
-class restore_weights:
-    """Context manager that snapshots a model's state and restores it on exit."""
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls are badly slowed by OMP oversubscription on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
-        self.saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def __enter__(self) -> torch.nn.Module:
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.load_state_dict(self.saved)
+@pytest.fixture(scope="module")
+def cov_dir(tmp_path_factory) -> Path:
+    """A module-wide covariance cache directory."""
+    return tmp_path_factory.mktemp("covariance")

@@ -18,15 +18,12 @@ import math
 import pytest
 import torch
 
-from conftest import restore_weights
 from edit_runner.data.record import EditRecord
 from edit_runner.editing import solvers
-from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates
-from edit_runner.editing.editor import Editor
 from edit_runner.editing.keys import activations_at_subject, bare_activations, compute_keys, filled_prompts
 from edit_runner.models.layout import weight_matrix
-from editing_helpers import MEMIT_TEMPLATES, algo_config, cov_dir, covariance, one_thread  # noqa: F401
+from editing_helpers import MEMIT_TEMPLATES, algo_config, covariance, make_editor, restore_weights
 
 ROME_TEMPLATES = ContextTemplates(
     groups=(("{}", "The cat sat. {}", "Once upon a time. {}", "It was a sunny day. {}", "She smiled. {}"),)
@@ -49,20 +46,6 @@ def _one_thread(one_thread):
     """Run this module's tiny-model tests on one thread."""
 
 
-def spy_targets(editor: Editor) -> list:
-    """Record every optimization-stage result (the z the spread stage receives)."""
-    captured = []
-    optimize = editor._optimize
-
-    def wrapped(*args, **kwargs):
-        result = optimize(*args, **kwargs)
-        captured.append(result)
-        return result
-
-    editor._optimize = wrapped
-    return captured
-
-
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
@@ -81,12 +64,11 @@ def test_rome_edited_layer_maps_its_key_to_the_target(tiny_gpt2, cov_dir, shared
     module = loaded.model.get_submodule(name)
     cov = covariance(loaded, [layer], cov_dir, shared_dir)
     algo = algo_config("rome", layers=[layer], v_num_grad_steps=5, consistent_keys=consistent_keys)
-    editor = Editor(loaded, algorithm_spec("rome"), algo, ROME_TEMPLATES, cov)
-    captured = spy_targets(editor)
+    editor = make_editor(loaded, algo, ROME_TEMPLATES, cov)
     w0 = weight_matrix(module).detach().double().clone()
     assert module.weight.shape == (w0.shape[1], w0.shape[0])  # Conv1D stores the transpose
 
-    editor.edit([record])
+    captured = editor.edit([record]).targets
 
     z = captured[0].z[loaded.layout.mlp.format(layer)][:, 0].double()  # v* at the MLP output
     assert float(captured[0].delta[loaded.layout.mlp.format(layer)].norm()) > 0
@@ -131,9 +113,9 @@ def test_spread_equals_per_layer_normal_equations_on_rekeyed_model(stories260k, 
     with restore_weights(model):
         w0 = weights(model, names)
         h_before = bare_activations(model, tok, records, site, "output").double()
-        editor = Editor(loaded, algorithm_spec(name), algo, MEMIT_TEMPLATES, cov)
-        captured = spy_targets(editor)
+        editor = make_editor(loaded, algo, MEMIT_TEMPLATES, cov)
         report = editor.edit(records)
+        captured = report.targets
         w1 = weights(model, names)
         h_after = bare_activations(model, tok, records, site, "output").double()
         z = captured[0].z[site].double()
@@ -171,18 +153,17 @@ def test_alphaedit_annihilates_preserved_subspace_and_keeps_key_history(stories2
     algo = algo_config("alphaedit", layers=layers, v_num_grad_steps=6)
     threshold = float(algo.nullspace_threshold)
     with restore_weights(model):
-        editor = Editor(loaded, algorithm_spec("alphaedit"), algo, MEMIT_TEMPLATES, cov)
-        captured = spy_targets(editor)
-        assert editor.state_dict()["key_history"] == {}
+        editor = make_editor(loaded, algo, MEMIT_TEMPLATES, cov)
+        assert editor.state_dict()["solver"] == {}
         history: dict[int, torch.Tensor] = {}
         for step, record in enumerate(STORY_RECORDS):
             before = weights(model, names)
             # what the first layer's update must be: AlphaEdit's solve with the previous key history
             keys0 = compute_keys(model, tok, [record], names[0], MEMIT_TEMPLATES)
             cur0 = bare_activations(model, tok, [record], layout.layer(layers[-1]), "output")
-            editor.edit([record])
+            target = editor.edit([record]).targets[0]
             after = weights(model, names)
-            resid0 = (captured[step].z[layout.layer(layers[-1])] - cur0) / len(layers)
+            resid0 = (target.z[layout.layer(layers[-1])] - cur0) / len(layers)
             projector = solvers.null_space_projector(cov.get(names[0]), threshold)
             expected = solvers.alphaedit_delta(
                 keys0, resid0, projector, history.get(layers[0]), float(algo.l2)
@@ -192,7 +173,7 @@ def test_alphaedit_annihilates_preserved_subspace_and_keeps_key_history(stories2
                 forgetful = solvers.alphaedit_delta(keys0, resid0, projector, None, float(algo.l2))
                 assert rel(forgetful, expected) > 1e-2
 
-            state = editor.state_dict()["key_history"]
+            state = {int(k.split(".")[1]): v for k, v in editor.state_dict()["solver"].items()}
             assert sorted(state) == layers
             for layer, n in zip(layers, names):
                 delta = after[n].double() - before[n].double()
@@ -218,12 +199,11 @@ def test_emmet_single_edit_meets_its_constraint_exactly(tiny_gpt2, cov_dir, shar
     name = layout.mlp_out.format(layer)
     cov = covariance(loaded, [layer], cov_dir, shared_dir)
     algo = algo_config("emmet", layers=[layer], v_num_grad_steps=4)
-    editor = Editor(loaded, algorithm_spec("emmet"), algo, MEMIT_TEMPLATES, cov)
-    captured = spy_targets(editor)
+    editor = make_editor(loaded, algo, MEMIT_TEMPLATES, cov)
     w0 = weight_matrix(model.get_submodule(name)).detach().double().clone()
     keys = compute_keys(model, tok, [record], name, MEMIT_TEMPLATES).double()
     cur = bare_activations(model, tok, [record], layout.layer(layer), "output").double()
-    editor.edit([record])
+    captured = editor.edit([record]).targets
     residual = captured[0].z[layout.layer(layer)].double() - cur
     delta = weight_matrix(model.get_submodule(name)).detach().double() - w0
     assert float(residual.norm()) > 1e-3
@@ -254,7 +234,7 @@ def _finetune_run(loaded, name: str, monkeypatch, **overrides):
 
     monkeypatch.setattr(torch.optim, "Adam", SpyAdam)
     algo = algo_config(name, layers=[0], ft_num_steps=6, ft_lr=5e-3, **overrides)
-    editor = Editor(loaded, algorithm_spec(name), algo, MEMIT_TEMPLATES, None)
+    editor = make_editor(loaded, algo, MEMIT_TEMPLATES, None)
     report = editor.edit(GPT2_RECORDS)
     seen.append(deviation())
     for key, value in loaded.model.state_dict().items():

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2e_helpers import compose_run
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.targets import OptimizationSettings, optimize_targets
 from edit_runner.errors import ConfigError, DataError, ModelError, OptimizationError
 from edit_runner.models.layout import layout_for
 from edit_runner.runner import Runner
+from editing_helpers import restore_weights, run_config
 
 
 @pytest.fixture()
@@ -36,8 +36,7 @@ def _custom(tmp_path: Path, **changes) -> Path:
 
 
 def _run(tmp_path: Path, overrides: list[str]) -> None:
-    cfg = compose_run(["progress=false", *overrides])
-    Runner(cfg, tmp_path / "run", overrides).run()
+    Runner(run_config(["progress=false", *overrides]), tmp_path / "run", overrides).run()
 
 
 @pytest.mark.parametrize(
@@ -77,6 +76,34 @@ def test_invalid_combination_fails_before_the_model_loads(tmp_path, no_model_loa
         _run(tmp_path, ["algo.layers=[3,4]"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key", "fix"),
+    [
+        (["protocol=batched", "protocol.batch_size=0"], "protocol.batch_size", "positive number of edits per step"),
+        (["protocol=sequential", "protocol.batch_size=-2"], "protocol.batch_size", "positive number of edits per step"),
+        (["data.num_edits=-1"], "data.num_edits", "null for every record"),
+        (["data.num_edits=0"], "data.num_edits", "null for every record"),
+        (["model=local", "model.path=/no/such/model-dir"], "model.path", "no such directory or file"),
+        (["model=local", "model.path=./missing/model.gguf"], "model.path", "no such directory or file"),
+    ],
+)
+def test_bad_protocol_data_and_model_values_fail_before_the_model_loads(tmp_path, no_model_load, overrides, key, fix) -> None:
+    with pytest.raises(ConfigError) as err:
+        _run(tmp_path, overrides)
+    assert str(err.value).startswith(f"{key}:") and fix in str(err.value)
+
+
+def test_num_edits_null_means_every_record(tmp_path) -> None:
+    from edit_runner.plan import plan_run
+
+    path = tmp_path / "edits.jsonl"
+    rows = [{"case_id": f"c{i}", "prompt": "The capital of {} is", "subject": s, "target_new": "Rome", "target_true": "Paris"}
+            for i, s in enumerate(["France", "Spain", "Chile"])]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = plan_run(run_config(["data=custom", f"data.path={path}", "data.num_edits=null"]), tmp_path)
+    assert [r.case_id for r in plan.records] == ["c0", "c1", "c2"]
+
+
 def test_unknown_model_type() -> None:
     with pytest.raises(ModelError) as err:
         layout_for("bert")
@@ -84,8 +111,6 @@ def test_unknown_model_type() -> None:
 
 
 def test_nan_in_target_optimization_names_the_record(stories260k) -> None:
-    from conftest import restore_weights
-
     records = [EditRecord("ok-case", "Tom", "{} went to the", "park", "school"), EditRecord("nan-case", "Lily", "{} went to the", "park", "school")]
     settings = OptimizationSettings(
         sites=(stories260k.layout.layer(2),), num_steps=3, lr=0.5, weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625

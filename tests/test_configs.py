@@ -20,17 +20,18 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 from edit_runner.config import (
-    AlgoName,
     MetricDefinition,
     ProtocolName,
-    StopRule,
     apply_paper_hyperparameters,
+    check_override_keys,
+    effective_config,
     enabled_wrappers,
     register_configs,
     register_resolvers,
 )
-from edit_runner.editing.algorithms import algorithm_spec
-from edit_runner.editing.wrappers import WRAPPERS, check_combination
+from edit_runner.editing.algorithms import algorithm_registry, algorithm_spec
+from edit_runner.editing.wrappers import check_combination, wrapper_names
+from edit_runner.editing.wrappers.iterative import IterationStop
 from edit_runner.errors import ConfigError
 
 CONF = Path(str(resources.files("edit_runner.conf")))
@@ -135,7 +136,7 @@ def test_single_wrappers_compose(name: str):
         "encore": ["mpes", "norm_constraint", "prev_edit_keys"],
     }.get(name, [name])
     assert enabled_wrappers(cfg) == expected
-    assert (cfg.wrapper.preset == "encore") == (name == "encore")
+    assert (cfg.wrapper.get("preset") == "encore") == (name == "encore")
 
 
 @pytest.mark.parametrize(
@@ -230,16 +231,15 @@ def test_unknown_wrapper_lists_the_wrappers():
         assert valid in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hydra 1.3 reports a typo inside a list-valued group ('wrapper=[iterative,mpess]') as "
-    "\"Could not load 'wrapper/mpess'\" without the options; edit-run would need its own check",
-)
 def test_unknown_wrapper_in_a_list_lists_the_wrappers():
-    message = failure(["wrapper=[iterative,mpess]"], MissingConfigException)
-    assert "wrapper/mpess" in message
+    """Hydra reports ``wrapper=[iterative,mpess]`` without the options; edit-run checks the list first."""
+    with pytest.raises(ConfigError) as info:
+        check_override_keys(["wrapper=[iterative,mpess]"], CONF)
+    message = str(info.value)
+    assert "'mpess'" in message and "Did you mean 'mpes'" in message
     for valid in options("wrapper"):
         assert valid in message
+    check_override_keys(["wrapper=[iterative,mpes]"], CONF)
 
 
 def test_unknown_launcher_lists_the_launchers():
@@ -249,7 +249,7 @@ def test_unknown_launcher_lists_the_launchers():
 
 @pytest.mark.parametrize(
     ("override", "schema"),
-    [("algo.v_lrr=1", "AlgoConfig"), ("model.dytpe=float16", "ModelConfig"), ("data.num_edit=5", "DataConfig"),
+    [("algo.v_lrr=1", "RomeConfig"), ("model.dytpe=float16", "ModelConfig"), ("data.num_edit=5", "DataConfig"),
      ("protocol.batchsize=4", "ProtocolConfig"), ("eval.every_n=10", "EvalConfig"), ("sed=1", "RunConfig")],
 )  # fmt: skip
 def test_unknown_key_fails_naming_key_and_schema(override: str, schema: str):
@@ -279,13 +279,12 @@ def test_bad_stop_rule_lists_the_stop_rules():
         ["wrapper=[iterative]", "wrapper.iterative.stop_rule=sometimes"], ConfigCompositionException
     )
     assert "'sometimes'" in message and "stop_rule" in message
-    assert _lists_all(message, [r.value for r in StopRule])
+    assert _lists_all(message, [r.value for r in IterationStop])
 
 
 @pytest.mark.parametrize(
     ("overrides", "values"),
     [
-        (["algo.name=romee"], [a.value for a in AlgoName]),
         (["eval.metrics=rouge"], [m.value for m in MetricDefinition]),
         (["data.format=xml"], ["counterfact", "multi_counterfact", "zsre", "easyedit", "custom", "demo"]),
         (["model.source=hub"], ["auto", "smollm2", "gguf"]),
@@ -298,6 +297,30 @@ def test_bad_enum_values_list_the_choices(overrides: list[str], values: list[str
     message = failure(overrides, ConfigCompositionException)
     assert overrides[-1].split("=", 1)[1] in message
     assert _lists_all(message, values), message
+
+
+def test_key_of_another_algorithm_fails_listing_the_valid_keys():
+    """``algo=rome algo.emmet_lambda=…`` is refused: ROME's schema has no such key (issue 9)."""
+    assert "emmet_lambda" in failure(["algo=rome", "algo.emmet_lambda=0.1"], ConfigCompositionException)
+    with pytest.raises(ConfigError) as info:
+        check_override_keys(["algo=rome", "algo.emmet_lambda=0.1"], CONF)
+    message = str(info.value)
+    assert "algo.emmet_lambda" in message and "algo=rome" in message and "clamp_norm_factor" in message
+    check_override_keys(["algo=emmet", "algo.emmet_lambda=0.1"], CONF)
+    with pytest.raises(ConfigError, match="Did you mean 'norm_lambda'"):
+        check_override_keys(["wrapper=[norm_constraint]", "wrapper.norm_constraint.norm_lambd=2"], CONF)
+    with pytest.raises(ConfigError, match="algo=memit"):  # the preset's algorithm
+        check_override_keys(["experiment=seed004_tables2_4", "algo.consistent_keys=true"], CONF)
+
+
+def test_unknown_algorithm_name_lists_the_algorithms(tmp_path):
+    from edit_runner.plan import plan_run
+
+    with pytest.raises(ConfigError) as info:
+        plan_run(effective_config(job(["algo.name=romee"])), tmp_path)
+    assert _lists_all(str(info.value), algorithm_registry().names())
+    with pytest.raises(ConfigError, match="algo=memit"):  # a name that does not match the composed schema
+        plan_run(effective_config(job(["algo.name=memit"])), tmp_path)
 
 
 def test_wrong_value_type_fails():
@@ -360,17 +383,17 @@ def test_per_model_entries_of_disabled_wrappers_are_ignored():
 # Algorithm × wrapper combinations: checked before any model is loaded
 # --------------------------------------------------------------------------------------------------
 
-ALGOS = [a.value for a in AlgoName]
+ALGOS = algorithm_registry().names()
 HOOK_WRAPPERS = ["iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s"]
 
 #: Which algorithms each wrapper can wrap (DESIGN.md: FT has no optimisation or spread stage; the
 #: spread-equation wrappers need the MEMIT-family normal equations; AlphaEdit keeps its own key memory;
 #: D4S is a MEMIT/PMET running-sum solve).
 VALID = {
-    "iterative": {"rome", "memit", "pmet", "emmet", "alphaedit"},
-    "na": {"rome", "memit", "pmet", "emmet", "alphaedit"},
-    "nap": {"rome", "memit", "pmet", "emmet", "alphaedit"},
-    "mpes": {"rome", "memit", "pmet", "emmet", "alphaedit"},
+    "iterative": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
+    "na": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
+    "nap": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
+    "mpes": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
     "norm_constraint": {"memit", "pmet", "emmet", "alphaedit"},
     "prev_edit_keys": {"memit", "pmet", "emmet"},
     "d4s": {"memit", "pmet"},
@@ -379,7 +402,7 @@ CONFLICTS = [{"na", "nap"}, {"iterative", "d4s"}]
 
 
 def test_the_matrix_covers_every_registered_wrapper():
-    assert set(WRAPPERS.names()) == set(VALID)
+    assert set(wrapper_names()) == set(VALID)
 
 
 def expected_valid(algo: str, wrappers: tuple[str, ...]) -> bool:
@@ -443,4 +466,4 @@ def test_invalid_combination_fails_before_any_model_or_data_is_loaded(tmp_path, 
     monkeypatch.setattr(plan, "load_edit_records", forbidden)
     cfg = job(["algo=ft", "wrapper=[iterative,na]", "data=easyedit", "data.path=/nonexistent.json"])
     with pytest.raises(ConfigError, match="wrapper=iterative cannot wrap algo=ft"):
-        plan.plan_run(cfg, tmp_path)
+        plan.plan_run(effective_config(cfg), tmp_path)

@@ -16,7 +16,34 @@ import pytest
 import torch
 
 from edit_runner.errors import ConfigError, DataError
-from edit_runner.evaluation import downstream as ds
+from edit_runner.evaluation.downstream.evaluate import evaluate_downstream, evaluate_downstream_detailed
+from edit_runner.evaluation.downstream.metrics import (
+    accuracy,
+    classification_metrics,
+    matthews_corrcoef,
+    weighted_f1,
+)
+from edit_runner.evaluation.downstream.prompts import (
+    build_prompt,
+    build_prompts,
+    model_max_length,
+    parse_generation,
+)
+from edit_runner.evaluation.downstream.scoring import (
+    generate_continuations,
+    generate_continuations_loop,
+    predict_from_nll,
+    score_label_words,
+    score_label_words_loop,
+)
+from edit_runner.evaluation.downstream.tasks import (
+    DOWNSTREAM_TASKS,
+    FEW_SHOT_POOL,
+    build_task_file,
+    get_task,
+    load_task_items,
+    load_task_split,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,11 +92,11 @@ def test_metrics_multiclass_with_invalid():
     labels = [0, 0, 1, 1, 1, 2]
     preds = [0, 1, 1, 1, -1, 2]
     # per class F1 = 2TP/(2TP+FP+FN): c0 = 2/3 (support 2), c1 = 4/6 (support 3), c2 = 1 (support 1)
-    assert ds.weighted_f1(labels, preds) == pytest.approx((2 * 2 / 3 + 3 * 2 / 3 + 1) / 6)  # 13/18
-    assert ds.accuracy(labels, preds) == pytest.approx(4 / 6)
+    assert weighted_f1(labels, preds) == pytest.approx((2 * 2 / 3 + 3 * 2 / 3 + 1) / 6)  # 13/18
+    assert accuracy(labels, preds) == pytest.approx(4 / 6)
     # MCC: (c*s - Σ t_k p_k) / sqrt((s² - Σp²)(s² - Σt²)) = (24 - 12) / sqrt(24 * 22)
-    assert ds.matthews_corrcoef(labels, preds) == pytest.approx(12 / math.sqrt(24 * 22))
-    metrics = ds.classification_metrics(labels, preds)
+    assert matthews_corrcoef(labels, preds) == pytest.approx(12 / math.sqrt(24 * 22))
+    metrics = classification_metrics(labels, preds)
     assert metrics["invalid"] == 1.0
     assert metrics["f1"] == pytest.approx(13 / 18)
 
@@ -78,19 +105,19 @@ def test_metrics_binary():
     labels = [1, 1, 0, 0]
     preds = [1, 0, 0, 0]
     # c0: TP 2, FP 1, FN 0 -> 0.8; c1: TP 1, FP 0, FN 1 -> 2/3; both support 2
-    assert ds.weighted_f1(labels, preds) == pytest.approx((0.8 + 2 / 3) / 2)
+    assert weighted_f1(labels, preds) == pytest.approx((0.8 + 2 / 3) / 2)
     # (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)) = 2 / sqrt(1*2*2*3)
-    assert ds.matthews_corrcoef(labels, preds) == pytest.approx(2 / math.sqrt(12))
-    assert ds.accuracy(labels, preds) == 0.75
-    assert ds.matthews_corrcoef([1, 1], [1, 1]) == 0.0  # undefined -> 0 like sklearn
-    assert ds.weighted_f1([0, 1], [1, 0]) == 0.0
+    assert matthews_corrcoef(labels, preds) == pytest.approx(2 / math.sqrt(12))
+    assert accuracy(labels, preds) == 0.75
+    assert matthews_corrcoef([1, 1], [1, 1]) == 0.0  # undefined -> 0 like sklearn
+    assert weighted_f1([0, 1], [1, 0]) == 0.0
 
 
 def test_predict_from_nll_ties_are_invalid():
     nll = torch.tensor([[0.5, 1.0], [1.0, 0.2], [0.7, 0.7], [2.0, 1.0, 1.0, 3.0][:2]])
-    assert ds.predict_from_nll(nll) == [0, 1, -1, 1]
+    assert predict_from_nll(nll) == [0, 1, -1, 1]
     four = torch.tensor([[1.0, 0.5, 0.5, 2.0], [3.0, 2.0, 1.0, 0.1]])
-    assert ds.predict_from_nll(four) == [-1, 3]
+    assert predict_from_nll(four) == [-1, 3]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,17 +214,17 @@ def _expected_shot(task: str, x: dict) -> str:
     "task", ["sst2", "mrpc", "cola", "rte", "nli", "sentiment_analysis", "mmlu", "dialogue"]
 )
 def test_prompts_verbatim(task, data_dir):
-    items = ds.load_task_items(task, data_dir)
+    items = load_task_items(task, data_dir)
     item, shots = items[10], items[:3]
-    prompt, used = ds.build_prompt(task, item)
+    prompt, used = build_prompt(task, item)
     assert (prompt, used) == (_expected_question(task, item), 0)
-    prompt, used = ds.build_prompt(task, item, shots)
+    prompt, used = build_prompt(task, item, shots)
     assert used == 3
     assert prompt == "".join(_expected_shot(task, s) for s in shots) + _expected_question(task, item)
 
 
 def test_registry_names_and_label_words():
-    assert ds.DOWNSTREAM_TASKS.names() == [
+    assert DOWNSTREAM_TASKS.names() == [
         "sst2",
         "mrpc",
         "cola",
@@ -207,42 +234,42 @@ def test_registry_names_and_label_words():
         "mmlu",
         "dialogue",
     ]
-    assert ds.get_task("sst2").label_words == ("negative", "positive")
-    assert ds.get_task("rte").label_words == ("False", "True")
+    assert get_task("sst2").label_words == ("negative", "positive")
+    assert get_task("rte").label_words == ("False", "True")
     with pytest.raises(ConfigError, match="sst2"):
-        ds.get_task("sst")
+        get_task("sst")
 
 
 def test_few_shot_fitting_rule(stories, data_dir):
     model, tokenizer = stories
-    items = ds.load_task_items("sst2", data_dir)
+    items = load_task_items("sst2", data_dir)
     item, shots = items[10], items[:4]
     n_question = len(tokenizer(_expected_question("sst2", item))["input_ids"])
     shot_lens = [len(tokenizer(_expected_shot("sst2", s))["input_ids"]) for s in shots]
     gen_len = 3
     # room for exactly the first two shots
     max_length = n_question + gen_len + shot_lens[0] + shot_lens[1]
-    prompt, used = ds.build_prompt(
+    prompt, used = build_prompt(
         "sst2", item, shots, tokenizer=tokenizer, max_length=max_length, gen_len=gen_len
     )
     assert used == 2
     assert prompt == _expected_shot("sst2", shots[0]) + _expected_shot("sst2", shots[1]) + _expected_question(
         "sst2", item
     )
-    _, counts = ds.build_prompts("sst2", [item], shots, tokenizer, max_length - 1, gen_len)
+    _, counts = build_prompts("sst2", [item], shots, tokenizer, max_length - 1, gen_len)
     assert counts == [1]
-    assert ds.model_max_length(model) == 512
+    assert model_max_length(model) == 512
 
 
 def test_parse_generation():
-    assert ds.parse_generation("sst2", "Review :x\nSentiment : Positive.", "Review :x\nSentiment :") == 1
-    assert ds.parse_generation("sst2", "Review :x\nSentiment : bad", "Review :x\nSentiment :") == -1
-    assert ds.parse_generation("rte", "a\nquestion: b True or False?\nanswer: false", "") == 0
-    assert ds.parse_generation("nli", "x entails the y True or False? Answer: True", "") == 1
-    assert ds.parse_generation("mrpc", "...\nAnswer: No", "") == 0
+    assert parse_generation("sst2", "Review :x\nSentiment : Positive.", "Review :x\nSentiment :") == 1
+    assert parse_generation("sst2", "Review :x\nSentiment : bad", "Review :x\nSentiment :") == -1
+    assert parse_generation("rte", "a\nquestion: b True or False?\nanswer: false", "") == 0
+    assert parse_generation("nli", "x entails the y True or False? Answer: True", "") == 1
+    assert parse_generation("mrpc", "...\nAnswer: No", "") == 0
     prompt = "Question: q\n(A) a\n(B) b\n(C) c\n(D) d\nAnswer:"
-    assert ds.parse_generation("mmlu", prompt + " C\n", prompt) == 2
-    assert ds.parse_generation("dialogue", prompt + " C", prompt) == -1
+    assert parse_generation("mmlu", prompt + " C\n", prompt) == 2
+    assert parse_generation("dialogue", prompt + " C", prompt) == -1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,38 +279,38 @@ def test_parse_generation():
 
 def test_missing_file_error_names_path(tmp_path):
     with pytest.raises(DataError) as info:
-        ds.load_task_items("mrpc", tmp_path)
+        load_task_items("mrpc", tmp_path)
     message = str(info.value)
     assert str(tmp_path / "mrpc.json") in message and "sentence1" in message and "build_task_file" in message
 
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "rte", "nli", "mmlu", "dialogue"])
 def test_balanced_subset(task, data_dir):
-    spec = ds.get_task(task)
-    split = ds.load_task_split(task, data_dir, num_items=200, num_shots=2)
+    spec = get_task(task)
+    split = load_task_split(task, data_dir, num_items=200, num_shots=2)
     counts = Counter(spec.label_of(x) for x in split.tests)
     assert len(split.tests) == 200
     assert set(counts.values()) == {200 // len(spec.label_words)}
-    assert split.test_indices == sorted(split.test_indices) and min(split.test_indices) >= ds.FEW_SHOT_POOL
+    assert split.test_indices == sorted(split.test_indices) and min(split.test_indices) >= FEW_SHOT_POOL
     assert len(split.shots) == 2
-    again = ds.load_task_split(task, data_dir, num_items=200, num_shots=2)
+    again = load_task_split(task, data_dir, num_items=200, num_shots=2)
     assert again.test_indices == split.test_indices
-    other = ds.load_task_split(task, data_dir, num_items=200, seed=1)
+    other = load_task_split(task, data_dir, num_items=200, seed=1)
     assert Counter(spec.label_of(x) for x in other.tests) == counts
 
 
 def test_first_and_unseeded_selection(data_dir):
-    first = ds.load_task_split("sst2", data_dir, num_items=7, selection="first")
+    first = load_task_split("sst2", data_dir, num_items=7, selection="first")
     assert first.test_indices == list(range(10, 17))
-    items = ds.load_task_items("sst2", data_dir)
-    plain = ds.load_task_split("sst2", data_dir, num_items=4, seed=None)
+    items = load_task_items("sst2", data_dir)
+    plain = load_task_split("sst2", data_dir, num_items=4, seed=None)
     labels = [int(x["label"]) for x in items[10:]]
     expected = sorted(
         [i for i, y in enumerate(labels) if y == 0][:2] + [i for i, y in enumerate(labels) if y == 1][:2]
     )
     assert plain.test_indices == [10 + i for i in expected]
     with pytest.raises(ConfigError):
-        ds.load_task_split("sst2", data_dir, num_shots=11)
+        load_task_split("sst2", data_dir, num_shots=11)
 
 
 def test_builder_offline_and_unsupported(tmp_path):
@@ -291,15 +318,15 @@ def test_builder_offline_and_unsupported(tmp_path):
         raise ConnectionError("Couldn't reach the Hugging Face Hub (offline mode)")
 
     with pytest.raises(DataError, match="needs the network"):
-        ds.build_task_file("sst2", tmp_path, load_dataset=offline)
+        build_task_file("sst2", tmp_path, load_dataset=offline)
     with pytest.raises(DataError, match="dialogue"):
-        ds.build_task_file("dialogue", tmp_path)
+        build_task_file("dialogue", tmp_path)
 
 
 def test_builder_with_fake_hub(tmp_path):
     rows = [{"sentence": f"s{i}", "label": i % 2, "idx": i} for i in range(40)]
-    path = ds.build_task_file("sentiment_analysis", tmp_path, seed=3, load_dataset=lambda *a, **k: rows)
-    items = ds.load_task_items("sentiment_analysis", tmp_path)
+    path = build_task_file("sentiment_analysis", tmp_path, seed=3, load_dataset=lambda *a, **k: rows)
+    items = load_task_items("sentiment_analysis", tmp_path)
     assert path == tmp_path / "sentiment_analysis.json"
     assert Counter(x["label"] for x in items) == {"0": 20, "1": 20}
     assert Counter(x["label"] for x in items[:10]) == {"0": 5, "1": 5}
@@ -313,14 +340,14 @@ def test_builder_with_fake_hub(tmp_path):
 @pytest.mark.parametrize(("task", "shots"), [("sst2", 2), ("mmlu", 0)])
 def test_batched_probability_scorer_matches_loop(stories, data_dir, task, shots):
     model, tokenizer = stories
-    split = ds.load_task_split(task, data_dir, num_items=20, num_shots=shots)
-    prompts, _ = ds.build_prompts(task, split.tests, split.shots, tokenizer, ds.model_max_length(model))
-    words = ds.get_task(task).label_words
-    batched = ds.score_label_words(model, tokenizer, prompts, words, batch_size=6)
-    loop = ds.score_label_words_loop(model, tokenizer, prompts, words)
+    split = load_task_split(task, data_dir, num_items=20, num_shots=shots)
+    prompts, _ = build_prompts(task, split.tests, split.shots, tokenizer, model_max_length(model))
+    words = get_task(task).label_words
+    batched = score_label_words(model, tokenizer, prompts, words, batch_size=6)
+    loop = score_label_words_loop(model, tokenizer, prompts, words)
     assert batched.shape == (20, len(words))
     torch.testing.assert_close(batched, loop, atol=1e-5, rtol=0)
-    assert ds.predict_from_nll(batched) == ds.predict_from_nll(loop)
+    assert predict_from_nll(batched) == predict_from_nll(loop)
 
 
 def test_batched_scorer_single_token_words_gpt2(data_dir):
@@ -331,20 +358,20 @@ def test_batched_scorer_single_token_words_gpt2(data_dir):
     model = GPT2LMHeadModel(
         GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=256, vocab_size=len(tokenizer))
     ).eval()
-    split = ds.load_task_split("mrpc", data_dir, num_items=10, num_shots=2)
-    prompts, used = ds.build_prompts("mrpc", split.tests, split.shots, tokenizer, 256)
+    split = load_task_split("mrpc", data_dir, num_items=10, num_shots=2)
+    prompts, used = build_prompts("mrpc", split.tests, split.shots, tokenizer, 256)
     assert min(used) < 2  # the 256-token context drops shots for some items
-    batched = ds.score_label_words(model, tokenizer, prompts, ("No", "Yes"), batch_size=4)
-    loop = ds.score_label_words_loop(model, tokenizer, prompts, ("No", "Yes"))
+    batched = score_label_words(model, tokenizer, prompts, ("No", "Yes"), batch_size=4)
+    loop = score_label_words_loop(model, tokenizer, prompts, ("No", "Yes"))
     torch.testing.assert_close(batched, loop, atol=1e-5, rtol=0)
 
 
 def test_batched_generation_matches_loop(stories, data_dir):
     model, tokenizer = stories
-    split = ds.load_task_split("rte", data_dir, num_items=6, num_shots=1)
-    prompts, _ = ds.build_prompts("rte", split.tests, split.shots, tokenizer, 512)
-    batched = ds.generate_continuations(model, tokenizer, prompts, batch_size=4)
-    loop = ds.generate_continuations_loop(model, tokenizer, prompts)
+    split = load_task_split("rte", data_dir, num_items=6, num_shots=1)
+    prompts, _ = build_prompts("rte", split.tests, split.shots, tokenizer, 512)
+    batched = generate_continuations(model, tokenizer, prompts, batch_size=4)
+    loop = generate_continuations_loop(model, tokenizer, prompts)
     assert batched == loop
     assert all(full.startswith(prompt) for full, prompt in batched)
 
@@ -352,7 +379,7 @@ def test_batched_generation_matches_loop(stories, data_dir):
 def test_evaluate_downstream_end_to_end(stories, data_dir):
     model, tokenizer = stories
     model.train()
-    results = ds.evaluate_downstream(
+    results = evaluate_downstream(
         model, tokenizer, ["cola", "dialogue"], data_dir, num_items=4, mode="both"
     )
     assert model.training  # training flag restored
@@ -363,12 +390,12 @@ def test_evaluate_downstream_end_to_end(stories, data_dir):
         for key in ("prob_f1", "prob_accuracy", "gen_f1", "gen_accuracy"):
             assert 0.0 <= metrics[key] <= 1.0
         assert -1.0 <= metrics["prob_mcc"] <= 1.0
-    detailed = ds.evaluate_downstream_detailed(model, tokenizer, ["sst2"], data_dir, num_items=4)
+    detailed = evaluate_downstream_detailed(model, tokenizer, ["sst2"], data_dir, num_items=4)
     assert len(detailed["sst2"].prob_predictions) == 4 and len(detailed["sst2"].label_nll[0]) == 2
     with pytest.raises(ConfigError):
-        ds.evaluate_downstream(model, tokenizer, ["sst2"], data_dir, num_items=4, mode="greedy")
+        evaluate_downstream(model, tokenizer, ["sst2"], data_dir, num_items=4, mode="greedy")
     with pytest.raises(ConfigError):
-        ds.evaluate_downstream(model, tokenizer, ["sst-2"], data_dir, num_items=4)
+        evaluate_downstream(model, tokenizer, ["sst-2"], data_dir, num_items=4)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -72,11 +72,11 @@ def test_ft_c_edits_within_its_box(tmp_path: Path) -> None:
     summary = run_job(["algo=ft_c", *FAST], tmp_path)
     assert summary["post"]["efficacy_success"] >= summary["pre"]["efficacy_success"] + 0.2
     assert summary["post"]["specificity_success"] >= 0.9
-    import torch
 
     from edit_runner.models.loading import load_model
+    from edit_runner.run_state import CheckpointStore
 
-    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    _, tensors = CheckpointStore(tmp_path / "checkpoint").load()
     original = load_model(source="smollm2", device="cpu").model.get_submodule("model.layers.0.mlp.down_proj").weight
-    moved = (state["touched"]["model.layers.0.mlp.down_proj.weight"] - original).abs().max().item()
+    moved = (tensors["weights.model.layers.0.mlp.down_proj.weight"] - original).abs().max().item()
     assert 0 < moved <= 2e-3 + 1e-6

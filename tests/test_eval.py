@@ -18,7 +18,15 @@ from edit_runner.evaluation.perplexity import (
     perplexity_of_texts,
     resolve_me_ppl,
 )
-from edit_runner.evaluation.scoring import TargetScore, encode_texts, greedy_next_tokens, score_targets
+from edit_runner.models.padding import left_padded, length_sorted_chunks, right_padded
+from edit_runner.models.sampling import greedy_texts
+from edit_runner.models.scoring import (
+    TargetScore,
+    encode_texts,
+    greedy_next_tokens,
+    next_token_logprobs,
+    score_targets,
+)
 from edit_runner.models.tokens import target_token_ids
 
 PROMPTS = [
@@ -110,6 +118,43 @@ def test_greedy_next_tokens_matches_known_continuation(stories260k) -> None:
 def test_empty_prompt_without_bos_is_an_error(tiny_gpt2) -> None:
     with pytest.raises(DataError):
         score_targets(tiny_gpt2.model, tiny_gpt2.tokenizer, [""], [[318]])
+    with pytest.raises(DataError):
+        next_token_logprobs(tiny_gpt2.model, [[464], []], [318])
+
+
+def test_padded_batches_and_length_chunks() -> None:
+    cpu = torch.device("cpu")
+    ids, mask, positions = right_padded([[5, 6, 7], [8]], 0, cpu)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
+    ids, mask, positions = left_padded([[5, 6, 7], [8]], 9, cpu)
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert length_sorted_chunks([3, 1, 2, 5, 1], 2) == [[1, 4], [2, 0], [3]]
+    with pytest.raises(ValueError):
+        length_sorted_chunks([1], 0)
+
+
+@pytest.mark.parametrize("which", ["tiny_gpt2", "stories260k"])
+def test_next_token_logprobs_equal_single_token_scores(which: str, request: pytest.FixtureRequest) -> None:
+    lm = request.getfixturevalue(which)
+    prefixes = encode_texts(lm.tokenizer, PROMPTS)
+    candidates = [target_token_ids(lm.tokenizer, t)[0] for t in TARGETS]
+    table = next_token_logprobs(lm.model, prefixes, candidates, batch_size=2, pad_id=0)
+    assert table.shape == (len(PROMPTS), len(candidates)) and table.dtype == torch.float64
+    for i, prompt in enumerate(PROMPTS):
+        for k, token in enumerate(candidates):
+            lps, _ = slow_score(lm.model, lm.tokenizer, prompt, [token])
+            assert float(table[i, k]) == pytest.approx(lps[0], abs=1e-5)
+
+
+def test_greedy_texts_equal_right_padded_argmax(stories260k) -> None:
+    tok = stories260k.tokenizer
+    prompts = ["Zoo", "Once upon a time, there was a", "She said"]
+    texts = greedy_texts(stories260k.model, tok, prompts, max_new_tokens=10, batch_size=2)
+    assert texts[0].startswith("was a little girl named Lily")
+    expected = greedy_next_tokens(stories260k.model, tok, prompts, 10, batch_size=3)
+    assert texts == [tok.decode(ids, skip_special_tokens=True) for ids in expected]
 
 
 # --------------------------------------------------------------------------- metric definitions on fake scores

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from edit_runner.reporting.plots import plot_series, series_rows
+from edit_runner.evaluation.series import series_rows
+from edit_runner.reporting.plots import plot_series
 
 
 def _rows() -> list[dict]:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from edit_runner.config import register_configs, register_resolvers
 from edit_runner.editing.editor import Editor
-from edit_runner.runner import CHECKPOINT, Runner
+from edit_runner.run_state import CheckpointStore
+from edit_runner.runner import CHECKPOINT_DIR, Runner
+from editing_helpers import run_config
 
 # data=custom rows (edit_runner.data.loaders.parse_custom)
 RECORDS = [
@@ -66,6 +66,10 @@ CASES = {
         None,
     ),
     "alphaedit": (["algo=alphaedit", "algo.layers=[0,1]"], "key_history"),
+    "encore": (
+        ["algo=memit", "wrapper=encore", "algo.layers=[1,2]", "algo.mom2_update_weight=100"],
+        "prev_edit_keys",
+    ),
     "d4s": (
         ["algo=memit", "wrapper=d4s", "algo.layers=[1,2]", "algo.mom2_update_weight=100"],
         "running_sums",
@@ -109,17 +113,19 @@ def overrides_for(case: str, shared_dir: Path, cache_dir: Path, data_file: Path)
         "stats.max_length=128",
         "protocol=sequential",
         "protocol.batch_size=1",
+        "protocol.checkpoint_every=1",
         f"cache_dir={cache_dir}",
         "progress=false",
     ]
 
 
 def run(overrides: list[str], run_dir: Path) -> dict:
-    register_configs()
-    register_resolvers()
-    with initialize_config_module("edit_runner.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return Runner(cfg, run_dir, overrides).run()
+    return Runner(run_config(overrides), run_dir, overrides).run()
+
+
+def checkpoint(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The JSON half and the tensors of a run's last checkpoint."""
+    return CheckpointStore(run_dir / CHECKPOINT_DIR).load()
 
 
 def counting_edit(monkeypatch, fail_on: int | None = None) -> dict[str, int]:
@@ -167,8 +173,8 @@ def test_interrupted_sequential_run_resumes_to_the_uninterrupted_result(
     with pytest.raises(RuntimeError, match="simulated interruption"):
         run(overrides, resumed_dir)
     assert calls["n"] == 3
-    partial = torch.load(resumed_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-    assert partial["completed_steps"] == 2
+    partial, partial_tensors = checkpoint(resumed_dir)
+    assert partial["state"]["completed_steps"] == 2
     assert not (resumed_dir / "summary.json").exists()
 
     calls = counting_edit(monkeypatch)
@@ -187,21 +193,45 @@ def test_interrupted_sequential_run_resumes_to_the_uninterrupted_result(
     assert [r["eval"] for r in jsonl(full_dir / "records.jsonl")].count("end") == 4
 
     # weights of the touched layers and the solver state equal bit for bit
-    a = torch.load(full_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-    b = torch.load(resumed_dir / CHECKPOINT, map_location="cpu", weights_only=False)
-    assert a["completed_steps"] == b["completed_steps"] == 4
-    assert_same_tensors(a["touched"], b["touched"], "touched")
-    assert_same_tensors(a["editor"], b["editor"], "editor")
-    for name, weight in a["touched"].items():
-        if name.endswith(".weight"):
-            assert not torch.equal(weight, stories260k.model.get_submodule(name[: -len(".weight")]).weight), (
-                f"{name} was not edited"
-            )
+    a_meta, a = checkpoint(full_dir)
+    b_meta, b = checkpoint(resumed_dir)
+    assert a_meta["state"]["completed_steps"] == b_meta["state"]["completed_steps"] == 4
+    assert_same_tensors(a, b, "checkpoint")
+    for name, weight in a.items():
+        if name.startswith("weights.") and name.endswith(".weight"):
+            module = name[len("weights.") : -len(".weight")]
+            assert not torch.equal(weight, stories260k.model.get_submodule(module).weight), f"{module} was not edited"
     state_key = CASES[case][1]
     if state_key == "running_sums":
-        assert a["editor"]["running_sums"] and all(
-            int(v) == 4 for k, v in a["editor"]["running_sums"].items() if k.startswith("count.")
-        )
+        counts = {k: int(v) for k, v in a.items() if k.startswith("editor.solver.sums.count.")}
+        assert counts and all(v == 4 for v in counts.values())
     elif state_key == "key_history":
-        assert sorted(a["editor"]["key_history"]) == [0, 1]
-        assert partial["editor"]["key_history"]  # the interrupted run had saved its history
+        assert sorted(k for k in a if k.startswith("editor.solver.key_history.")) == [
+            "editor.solver.key_history.0", "editor.solver.key_history.1"
+        ]
+        assert any(k.startswith("editor.solver.key_history.") for k in partial_tensors)  # saved mid-run
+    elif state_key == "prev_edit_keys":
+        assert sorted(k for k in a if k.startswith("editor.terms.prev_edit_keys.")) == [
+            "editor.terms.prev_edit_keys.kkt.1", "editor.terms.prev_edit_keys.kkt.2"
+        ]
+
+
+def test_a_kill_between_checkpoints_redoes_only_the_steps_after_the_last_one(
+    tmp_path, cache_dir, data_file, shared_dir, stories260k, monkeypatch
+):
+    """checkpoint_every=2: checkpoints after steps 1 and 3; a crash in step 3 redoes steps 2-4."""
+    overrides = [o for o in overrides_for("memit", shared_dir, cache_dir, data_file) if "checkpoint_every" not in o]
+    overrides.append("protocol.checkpoint_every=2")
+    full = run(overrides, tmp_path / "full")
+    calls = counting_edit(monkeypatch, fail_on=3)
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        run(overrides, tmp_path / "resumed")
+    meta, _ = checkpoint(tmp_path / "resumed")
+    assert meta["state"]["completed_steps"] == 1  # step 2 was done but not yet checkpointed
+    assert len(jsonl(tmp_path / "resumed" / "steps.jsonl")) == 2
+    calls = counting_edit(monkeypatch)
+    resumed = run(overrides, tmp_path / "resumed")
+    assert calls["n"] == 3  # steps 2, 3 and 4
+    assert resumed["post"] == full["post"] and resumed["pre"] == full["pre"]
+    assert jsonl(tmp_path / "resumed" / "records.jsonl") == jsonl(tmp_path / "full" / "records.jsonl")
+    assert without_timing(jsonl(tmp_path / "resumed" / "steps.jsonl")) == without_timing(jsonl(tmp_path / "full" / "steps.jsonl"))

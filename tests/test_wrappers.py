@@ -20,23 +20,31 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from conftest import restore_weights
-from edit_runner.config import register_configs, register_resolvers
+from edit_runner.config import effective_config, register_configs, register_resolvers
 from edit_runner.data.record import EditRecord, NeighborPrompt
 from edit_runner.editing import solvers
 from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates
-from edit_runner.editing.editor import Editor, IterativeOptions, SpreadOptions
+from edit_runner.editing.corpora import build_covariance
+from edit_runner.editing.editor import EditorBuilder
 from edit_runner.editing.keys import bare_activations, compute_keys
 from edit_runner.editing.targets import OptimizationSettings, StepStats, optimize_targets, rewrite_nll
-from edit_runner.editing.wrappers import MPESRule, NeighborRows, iterate
+from edit_runner.editing.wrappers.iterative import Iterative, iterate
+from edit_runner.editing.wrappers.mpes import MPESRule
+from edit_runner.editing.wrappers.neighbor import NeighborRows
 from edit_runner.errors import ConfigError
 from edit_runner.models.hooks import trace
 from edit_runner.models.layout import weight_matrix
 from edit_runner.models.tokens import encode_prompts, fill_template, target_token_ids
 from edit_runner.plan import plan_run
-from edit_runner.runner import build_covariance, build_editor
-from editing_helpers import MEMIT_TEMPLATES, algo_config, cov_dir, covariance, one_thread  # noqa: F401
+from editing_helpers import (
+    MEMIT_TEMPLATES,
+    algo_config,
+    covariance,
+    make_editor,
+    restore_weights,
+    wrapper_config,
+)
 
 TEMPLATES = MEMIT_TEMPLATES
 ROME_TEMPLATES = ContextTemplates(
@@ -90,19 +98,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def spy_targets(editor: Editor) -> list:
-    captured = []
-    optimize = editor._optimize
-
-    def wrapped(*args, **kwargs):
-        result = optimize(*args, **kwargs)
-        captured.append(result)
-        return result
-
-    editor._optimize = wrapped
-    return captured
-
-
 def block_settings(layout, layer: int, num_steps: int, **kw) -> OptimizationSettings:
     """MEMIT's optimization settings with δ at the block output of ``layer``."""
     values = {"lr": 0.5, "weight_decay": 0.5, "clamp_norm_factor": 4.0, "kl_factor": 0.0625}
@@ -145,9 +140,9 @@ def test_iterative_with_one_iteration_equals_the_plain_algorithm(stories260k, co
     cov = covariance(loaded, layers, cov_dir, shared_dir)
     algo = algo_config(name, layers=layers, v_num_grad_steps=5)
     results = []
-    for iterative in (None, IterativeOptions(max_iterations=1, stop_rule="abs_delta", epsilon=1.0)):
+    for wrappers in ({}, {"iterative": wrapper_config("iterative", max_iterations=1, stop_rule="abs_delta", epsilon=1.0)}):
         with restore_weights(loaded.model):
-            editor = Editor(loaded, algorithm_spec(name), algo, templates, cov, iterative=iterative)
+            editor = make_editor(loaded, algo, templates, cov, wrappers)
             report = editor.edit(STORY_RECORDS[:2])
             results.append((weights(loaded.model, names), editor.state_dict(), report))
     (plain_w, plain_state, plain_report), (iter_w, iter_state, iter_report) = results
@@ -158,20 +153,15 @@ def test_iterative_with_one_iteration_equals_the_plain_algorithm(stories260k, co
         )
     assert plain_report.steps == iter_report.steps
     assert len(iter_report.iterations) == 1 and plain_report.iterations == []
-    for layer, history in plain_state["key_history"].items():
-        assert torch.equal(history, iter_state["key_history"][layer])
+    assert sorted(plain_state["solver"]) == sorted(iter_state["solver"])
+    for key, history in plain_state["solver"].items():
+        assert torch.equal(history, iter_state["solver"][key])
 
 
 def _iterative_run(loaded, cov, stop_rule: str, epsilon: float, max_iterations: int = 4):
     algo = algo_config("memit", layers=[1, 2], v_num_grad_steps=5, mom2_update_weight=100.0)
-    editor = Editor(
-        loaded,
-        algorithm_spec("memit"),
-        algo,
-        TEMPLATES,
-        cov,
-        iterative=IterativeOptions(max_iterations, stop_rule, epsilon),
-    )
+    iterative = wrapper_config("iterative", max_iterations=max_iterations, stop_rule=stop_rule, epsilon=epsilon)
+    editor = make_editor(loaded, algo, TEMPLATES, cov, {"iterative": iterative})
     return editor, editor.edit(STORY_RECORDS[:2])
 
 
@@ -182,22 +172,22 @@ def test_iterative_records_p_bar_p_hat_and_delta_p_of_every_iteration(stories260
         _, report = _iterative_run(loaded, cov, "none", 1.0)
         after = rewrite_nll(loaded.model, loaded.tokenizer, STORY_RECORDS[:m], TEMPLATES)
     its = report.iterations
-    assert [it.iteration for it in its] == [1, 2, 3, 4]
+    assert [it["iteration"] for it in its] == [1, 2, 3, 4]
     assert len(report.final_nll) == len(report.init_nll) == 4 * m
     for k, it in enumerate(its):
         # p̄_k: mean exp(NLL) at the end of iteration k's optimization (δ = δ*)
-        assert it.p_bar == pytest.approx(
+        assert it["p_bar"] == pytest.approx(
             float(torch.tensor(report.final_nll[k * m : (k + 1) * m]).exp().mean()), rel=1e-6
         )
-        assert it.delta_p == pytest.approx(abs(it.p_hat - it.p_bar), rel=1e-9)
-        assert math.isfinite(it.delta_p) and it.delta_p > 0
+        assert it["delta_p"] == pytest.approx(abs(it["p_hat"] - it["p_bar"]), rel=1e-9)
+        assert math.isfinite(it["delta_p"]) and it["delta_p"] > 0
         if k + 1 < len(its):
             # p̂_k (δ = 0 on θ_{k+1}) is what iteration k+1's optimization starts from
             start_next = float(torch.tensor(report.init_nll[(k + 1) * m : (k + 2) * m]).exp().mean())
-            assert it.p_hat == pytest.approx(start_next, rel=1e-4)
-    assert its[-1].p_hat == pytest.approx(float(after.exp().mean()), rel=1e-6)
+            assert it["p_hat"] == pytest.approx(start_next, rel=1e-4)
+    assert its[-1]["p_hat"] == pytest.approx(float(after.exp().mean()), rel=1e-6)
     # the edits take hold: the target perplexity on the weights falls from iteration to iteration
-    assert its[-1].p_hat < its[0].p_hat
+    assert its[-1]["p_hat"] < its[0]["p_hat"]
 
 
 def test_iterative_abs_delta_and_small_change_stop(stories260k, cov_dir, shared_dir):
@@ -253,27 +243,29 @@ def test_iterative_monotonic_rolls_the_weights_back_when_delta_p_grows(stories26
     names = [loaded.layout.mlp_out.format(layer) for layer in (1, 2)]
     cov = covariance(loaded, [1, 2], cov_dir, shared_dir)
     algo = algo_config("memit", layers=[1, 2], v_num_grad_steps=5, mom2_update_weight=100.0)
+    calls, thetas = [], []
+
+    class InflatedIterative(Iterative):
+        """Iteration 2 measures a much worse p̂, so |Δp_2| > |Δp_1|."""
+
+        def run(self, records, passes):
+            def measure():
+                calls.append(1)
+                return passes.measure_after() + (0.0 if len(calls) == 1 else 3.0)
+
+            return super().run(records, dataclasses.replace(passes, measure_after=measure))
+
     with restore_weights(loaded.model):
-        editor = Editor(
-            loaded,
-            algorithm_spec("memit"),
-            algo,
-            TEMPLATES,
-            cov,
-            iterative=IterativeOptions(4, "monotonic", 1.0),
+        builder = EditorBuilder(
+            loaded, algorithm_spec("memit"), algo, TEMPLATES, cov,
+            evaluate=lambda records: thetas.append(weights(loaded.model, names)) or {},
         )
-        measure, calls, thetas = editor._measure, [], []
-
-        def inflated(records, report):  # iteration 2 measures a much worse p̂, so |Δp_2| > |Δp_1|
-            calls.append(1)
-            return measure(records, report) + (0.0 if len(calls) == 1 else 3.0)
-
-        editor._measure = inflated
-        editor.on_iteration = lambda it: thetas.append(weights(loaded.model, names))
-        report = editor.edit(STORY_RECORDS[:2])
+        iterative = wrapper_config("iterative", max_iterations=4, stop_rule="monotonic", epsilon=1.0, full_metrics=True)
+        InflatedIterative(iterative).install(builder)
+        report = builder.build().edit(STORY_RECORDS[:2])
         final = weights(loaded.model, names)
     assert len(report.iterations) == 2
-    assert report.iterations[1].delta_p > report.iterations[0].delta_p
+    assert report.iterations[1]["delta_p"] > report.iterations[0]["delta_p"]
     for n in names:
         assert torch.equal(final[n], thetas[0][n])  # θ after iteration 1 is kept
         assert not torch.equal(thetas[1][n], thetas[0][n])  # iteration 2 had changed it
@@ -416,9 +408,7 @@ def test_mpes_stops_at_the_first_all_argmax_pass_and_cutoff_minus_3_two_passes_l
     cov = covariance(loaded, [1, 2], cov_dir, shared_dir)
     algo = algo_config("memit", layers=[1, 2], v_num_grad_steps=cap, clamp_norm_factor=4.0)
     with restore_weights(loaded.model):
-        report = Editor(
-            loaded, algorithm_spec("memit"), algo, TEMPLATES, cov, stop_rules=(MPESRule(-1),)
-        ).edit(records)
+        report = make_editor(loaded, algo, TEMPLATES, cov, {"mpes": wrapper_config("mpes", prob_cutoff=-1)}).edit(records)
     assert report.steps == early.steps.tolist()
 
 
@@ -434,8 +424,8 @@ def test_norm_constraint_shrinks_the_update_monotonically(stories260k, cov_dir, 
     norms, first = [], None
     for lam in (None, 0.0, 1e2, 1e4, 1e6):
         with restore_weights(loaded.model):
-            spread = None if lam is None else SpreadOptions(norm_lambda=lam)
-            Editor(loaded, algorithm_spec("memit"), algo, TEMPLATES, cov, spread=spread).edit(STORY_RECORDS)
+            wrappers = {} if lam is None else {"norm_constraint": wrapper_config("norm_constraint", norm_lambda=lam)}
+            make_editor(loaded, algo, TEMPLATES, cov, wrappers).edit(STORY_RECORDS)
             w = weights(loaded.model, names)
         if lam is None:
             first = w
@@ -461,28 +451,25 @@ def test_d4s_reference_model_is_w0_plus_the_running_sum_solve(stories260k, cov_d
     algo = algo_config("memit", layers=layers, v_num_grad_steps=5, mom2_update_weight=lam)
     with restore_weights(loaded.model):
         w0 = weights(loaded.model, names)
-        editor = Editor(
-            loaded, algorithm_spec("memit"), algo, TEMPLATES, cov, spread=SpreadOptions(d4s="reference")
-        )
-        captured = spy_targets(editor)
+        editor = make_editor(loaded, algo, TEMPLATES, cov, {"d4s": wrapper_config("d4s", residual="reference")})
+        sums = editor.solver.sums
+        captured = []
         for step, record in enumerate(STORY_RECORDS):
-            editor.edit([record])
+            captured += editor.edit([record]).targets
             now = weights(loaded.model, names)
             for layer, n in zip(layers, names):
-                assert editor.running_sums.num_edits(layer) == step + 1
-                expected = w0[n].double() + editor.running_sums.delta(
+                assert sums.num_edits(layer) == step + 1
+                expected = w0[n].double() + sums.delta(
                     layer, solvers.preservation_matrix(cov.get(n), lam)
                 )
                 assert rel(now[n], expected) < 1e-5, (step, n)
                 assert rel(now[n], w0[n]) > 1e-4
-        state = editor.state_dict()["running_sums"]
+        state = editor.state_dict()["solver"]
     # every edit's target is optimized on the unedited weights (SPEC C §8, literal)
     with restore_weights(loaded.model):
-        fresh = Editor(loaded, algorithm_spec("memit"), algo, TEMPLATES, cov)
-        fresh_targets = spy_targets(fresh)
-        fresh.edit([STORY_RECORDS[-1]])
+        fresh_targets = make_editor(loaded, algo, TEMPLATES, cov).edit([STORY_RECORDS[-1]]).targets
     assert torch.allclose(captured[-1].z[site], fresh_targets[0].z[site], rtol=1e-6, atol=1e-7)
-    assert sorted(k for k in state if k.startswith("count.")) == ["count.1", "count.2"]
+    assert sorted(k for k in state if k.startswith("sums.count.")) == ["sums.count.1", "sums.count.2"]
 
 
 def test_d4s_running_sums_equal_one_batched_solve_on_model_keys(stories260k, cov_dir, shared_dir):
@@ -521,12 +508,13 @@ WRAPPER_LISTS = (
         ["iterative", "nap", "encore"],
     ]
 )
-ALGOS = ["rome", "memit", "pmet", "emmet", "alphaedit", "ft", "ft_c"]
-LAYERS = {"rome": [2], "emmet": [2], "ft": [1], "ft_c": [0]}
+ALGOS = ["rome", "r_rome", "memit", "pmet", "emmet", "alphaedit", "ft", "ft_c"]
+LAYERS = {"rome": [2], "r_rome": [2], "emmet": [2], "ft": [1], "ft_c": [0]}
 
 # what the issue asks, written independently of the registry: the wrappers each algorithm can take
 SUPPORTED = {
     "rome": {"iterative", "na", "nap", "mpes"},
+    "r_rome": {"iterative", "na", "nap", "mpes"},
     "memit": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s"},
     "pmet": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s"},
     "emmet": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys"},
@@ -573,16 +561,8 @@ def composer(custom_data, shared_dir):
                 )
             if algo not in algo_nodes:
                 layers = ",".join(map(str, LAYERS.get(algo, [1, 2])))
-                algo_nodes[algo] = compose(
-                    "config",
-                    overrides=[
-                        f"algo={algo}",
-                        f"algo.layers=[{layers}]",
-                        "algo.v_num_grad_steps=3",
-                        "algo.ft_num_steps=2",
-                        "algo.mom2_n_samples=200",
-                    ],
-                ).algo
+                steps = ["algo.ft_num_steps=2"] if algo.startswith("ft") else ["algo.v_num_grad_steps=3", "algo.mom2_n_samples=200"]
+                algo_nodes[algo] = compose("config", overrides=[f"algo={algo}", f"algo.layers=[{layers}]", *steps]).algo
             cfg = wrapper_cfgs[key].copy()
             cfg.algo = algo_nodes[algo].copy()
             return cfg
@@ -639,8 +619,8 @@ def test_every_algorithm_wrapper_combination_runs_or_fails_clearly(
     wrappers = expected_wrappers(groups)
     valid = wrappers <= SUPPORTED[algo] and not any(pair <= wrappers for pair in CONFLICTS)
     layers = LAYERS.get(algo, [1, 2])
-    cfg = composer(algo, groups)
-    assert list(cfg.algo.layers) == layers and str(cfg.algo.name.value) == algo
+    cfg = effective_config(composer(algo, groups))
+    assert list(cfg.algo.layers) == layers and cfg.algo.name == algo
     if not valid:
         with pytest.raises(
             ConfigError, match=r"wrapper=\w+ (cannot wrap algo=|and wrapper=\w+ cannot be combined)"
@@ -649,11 +629,11 @@ def test_every_algorithm_wrapper_combination_runs_or_fails_clearly(
         return
 
     plan = plan_run(cfg, cov_dir)
-    assert set(plan.wrappers) == wrappers
+    assert set(plan.wrapper_names) == wrappers
     loaded = tiny_model
     covariance = None
-    if plan.spec.needs_covariance:
-        covariance = build_covariance(cfg, loaded, cov_dir)
+    if plan.spec.needs_covariance(plan.config):
+        covariance = build_covariance(cfg.stats, plan.config.mom2_n_samples, plan.config.mom2_dtype, cfg.model.max_length, loaded, cov_dir)
         covariance.ensure(
             loaded.model, loaded.tokenizer, [loaded.layout.mlp_out.format(layer) for layer in layers]
         )
@@ -662,7 +642,10 @@ def test_every_algorithm_wrapper_combination_runs_or_fails_clearly(
     names = [loaded.layout.mlp_out.format(layer) for layer in layers]
     with restore_weights(loaded.model):
         before = weights(loaded.model, names)
-        editor = build_editor(cfg, plan, loaded, templates, covariance)
+        builder = EditorBuilder(loaded, plan.spec, plan.config, templates, covariance)
+        for wrapper in plan.wrappers:
+            wrapper.install(builder)
+        editor = builder.build()
         report = editor.edit([record])
         after = weights(loaded.model, names)
         state = editor.state_dict()
@@ -675,8 +658,8 @@ def test_every_algorithm_wrapper_combination_runs_or_fails_clearly(
     if "iterative" in wrappers:
         assert 1 <= len(report.iterations) <= 2
     if "d4s" in wrappers:
-        assert state["running_sums"]
+        assert any(key.startswith("sums.") for key in state["solver"])
     if "prev_edit_keys" in wrappers:
-        assert sorted(state["prev_kkt"]) == layers
+        assert sorted(int(key.split(".")[1]) for key in state["terms"]["prev_edit_keys"]) == layers
     if algo == "alphaedit":
-        assert sorted(state["key_history"]) == layers
+        assert sorted(int(key.split(".")[1]) for key in state["solver"]) == layers

@@ -6,28 +6,20 @@ Enums (not ``Literal``) give closed value sets that OmegaConf 2.3 validates.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from edit_runner.errors import ConfigError
-
-
-class AlgoName(str, Enum):
-    """Editing algorithms (SPEC Part A)."""
-
-    rome = "rome"
-    memit = "memit"
-    pmet = "pmet"
-    emmet = "emmet"
-    alphaedit = "alphaedit"
-    ft = "ft"
-    ft_c = "ft_c"
 
 
 class ModelSource(str, Enum):
@@ -64,35 +56,15 @@ class MetricDefinition(str, Enum):
 
 
 class CorpusSource(str, Enum):
-    """Covariance corpus: auto, a Hugging Face dataset, a local text file, or model samples (offline)."""
+    """Covariance corpus: auto, a Hugging Face dataset, a local text file, model samples (offline),
+    the MEMIT/ROME Wikipedia sample, or published per-layer ``.npz`` statistics (SPEC Part C §10)."""
 
     auto = "auto"
     hf = "hf"
     text = "text"
     model_samples = "model_samples"
-
-
-class StopRule(str, Enum):
-    """Iterative-editing stop rules (SPEC Part B §9)."""
-
-    abs_delta = "abs_delta"
-    monotonic = "monotonic"
-    small_change = "small_change"
-    none = "none"
-
-
-class NeighborWeighting(str, Enum):
-    """NA loss weighting: the paper's separate mean, or the reference code's pooled mean (SPEC B §10)."""
-
-    paper = "paper"
-    pooled = "pooled"
-
-
-class D4SResidual(str, Enum):
-    """D4S residual modes (SPEC Part B §11)."""
-
-    reference = "reference"
-    remeasured = "remeasured"
+    wikipedia = "wikipedia"
+    npz = "npz"
 
 
 @dataclass
@@ -107,37 +79,6 @@ class ModelConfig:
     dtype: str = "float32"
     device: str = "auto"
     max_length: int | None = None
-
-
-@dataclass
-class AlgoConfig:
-    """Method hyper-parameters (SPEC Part C §1.7, §2–§7); ``per_model`` holds values a paper fixes per model."""
-
-    name: AlgoName = MISSING
-    layers: list[int] = field(default_factory=lambda: [5])
-    v_num_grad_steps: int = 20
-    v_lr: float = 0.5
-    v_weight_decay: float = 0.5
-    clamp_norm_factor: float = 0.75
-    kl_factor: float = 0.0625
-    nll_loss_factor: float = 1.0
-    mom2_adjustment: bool = True
-    mom2_update_weight: float = 15000.0
-    mom2_n_samples: int = 100000
-    mom2_dtype: str = "float32"
-    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
-    consistent_keys: bool = False
-    emmet_lambda: float = 0.1
-    nullspace_threshold: float = 2e-2
-    l2: float = 10.0
-    alphaedit_float64: bool = False
-    ft_lr: float = 5e-4
-    ft_num_steps: int = 25
-    ft_norm_constraint: float | None = None
-    ft_weight_decay: float = 0.0
-    ft_batch_size: int = 64
-    target_chunk: int = 16
-    per_model: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,75 +98,15 @@ class DataConfig:
 
 
 @dataclass
-class IterativeConfig:
-    """Iterative editing (seed 000 §3.1): repeat optimize→spread until a stop rule holds."""
-
-    max_iterations: int = 10
-    stop_rule: StopRule = StopRule.abs_delta
-    epsilon: float = 1.0
-    full_metrics: bool = False
-
-
-@dataclass
-class NeighborConfig:
-    """Neighbor-assisted editing (seed 000 §3.2): NA (no prefix) or NAP (random prefixes)."""
-
-    neighbor_weight: float = 1.0
-    weighting: NeighborWeighting = NeighborWeighting.paper
-    num_train_neighbors: int = 1
-    min_qualifying: int = 2
-
-
-@dataclass
-class MPESConfig:
-    """Most-probable early stopping (seed 004, SPEC C §7.1): ``prob_cutoff=-c`` stops at the c-th all-argmax pass."""
-
-    prob_cutoff: float = -1.0
-
-
-@dataclass
-class NormConstraintConfig:
-    """Frobenius-norm constraint (seed 004): + λ_n I in the spread's normal equations."""
-
-    norm_lambda: float = 10.0
-
-
-@dataclass
-class PrevEditKeysConfig:
-    """ENCORE's previous-edit key memory: Σ_p K_p K_pᵀ in the preservation term (SPEC C §7.2)."""
-
-    enabled: bool = True
-
-
-@dataclass
-class D4SConfig:
-    """D4S (seed 003): running sums Σ R Kᵀ and Σ K Kᵀ over all past sequential edits."""
-
-    residual: D4SResidual = D4SResidual.reference
-
-
-@dataclass
-class WrapperConfig:
-    """The enabled wrappers: a field is set when its config was selected (``wrapper=[iterative,na]``)."""
-
-    iterative: IterativeConfig | None = None
-    na: NeighborConfig | None = None
-    nap: NeighborConfig | None = None
-    mpes: MPESConfig | None = None
-    norm_constraint: NormConstraintConfig | None = None
-    prev_edit_keys: PrevEditKeysConfig | None = None
-    d4s: D4SConfig | None = None
-    preset: str | None = None
-    per_model: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class ProtocolConfig:
     """Batched (one update) or sequential (steps of ``batch_size`` edits, no restore between steps)."""
 
     name: ProtocolName = MISSING
     batch_size: int | None = None
     eval_each_step: bool = True
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = None
+    checkpoint_max_overhead: float = 0.05
 
 
 @dataclass
@@ -288,6 +169,9 @@ class StatsConfig:
     fallback_texts: int = 128
     fallback_length: int = 64
     batch_size: int = 16
+    wikipedia_dataset: str = "wikipedia"
+    wikipedia_dump: str = "20200501.en"
+    import_dir: str | None = None
 
 
 @dataclass
@@ -295,9 +179,9 @@ class RunConfig:
     """The root config of one ``edit-run`` job."""
 
     model: ModelConfig = MISSING
-    algo: AlgoConfig = MISSING
+    algo: Any = MISSING
     data: DataConfig = MISSING
-    wrapper: WrapperConfig = field(default_factory=WrapperConfig)
+    wrapper: dict[str, Any] = field(default_factory=dict)
     protocol: ProtocolConfig = MISSING
     eval: EvalConfig = MISSING
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -310,11 +194,26 @@ class RunConfig:
     output_root: str = "outputs"
     resume: bool = True
     progress: bool = True
+    num_threads: int | None = None
 
 
 def register_configs() -> None:
-    """Register the root schema in Hydra's ConfigStore (idempotent)."""
-    ConfigStore.instance().store(name="edit_runner_schema", node=RunConfig)
+    """Register the root schema and every algorithm's and wrapper's config dataclass in Hydra's ConfigStore.
+
+    ``conf/algo/<name>.yaml`` takes its schema from ``/schema/algo/<name>`` and
+    ``conf/wrapper/<name>.yaml`` from ``/schema/wrapper/<name>`` (idempotent).
+    """
+    from edit_runner.editing.algorithms import algorithm_registry
+    from edit_runner.editing.wrappers import wrapper_registry
+
+    store = ConfigStore.instance()
+    store.store(name="edit_runner_schema", node=RunConfig)
+    algorithms = algorithm_registry()
+    for name in algorithms.names():
+        store.store(group="schema/algo", name=name, node=algorithms.get(name).config_type)
+    wrappers = wrapper_registry()
+    for name in wrappers.names():
+        store.store(group="schema/wrapper", name=name, node=wrappers.get(name).config_type)
 
 
 def slug(text: str | None, max_len: int = 80) -> str:
@@ -333,12 +232,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("er_slug", slug)
 
 
-WRAPPER_NAMES = ("iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s")
-
-
-def enabled_wrappers(cfg: DictConfig) -> list[str]:
+def enabled_wrappers(cfg: Any) -> list[str]:
     """Names of the wrappers whose config is set, in canonical order."""
-    return [name for name in WRAPPER_NAMES if cfg.wrapper.get(name) is not None]
+    from edit_runner.editing.wrappers import selected_wrappers
+
+    return list(selected_wrappers(cfg.wrapper))
 
 
 def overridden_keys(overrides: list[str]) -> set[str]:
@@ -385,9 +283,96 @@ def apply_paper_hyperparameters(cfg: DictConfig, overrides: list[str] | None = N
     _merge_per_model(cfg.wrapper, "wrapper", cfg.model.name, explicit)
 
 
-def config_hash(cfg: DictConfig) -> str:
+def effective_config(cfg: DictConfig, overrides: list[str] | None = None) -> RunConfig:
+    """The job's typed config: the per-model paper values merged under ``overrides``, as dataclasses.
+
+    This is the one place a composed ``DictConfig`` becomes the :class:`RunConfig` the runner,
+    plan, editor and trackers receive.
+    """
+    merged = copy.deepcopy(cfg)
+    finalize_config(merged, overrides)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def finalize_config(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Type every wrapper node set without its yaml (a preset's ``wrapper.<name>.*``) and merge the per-model values."""
+    from edit_runner.editing.wrappers import RESERVED_KEYS, wrapper_registry
+
+    registry = wrapper_registry()
+    for name in list(cfg.wrapper.keys()):
+        node = cfg.wrapper[name]
+        if name in RESERVED_KEYS or node is None or OmegaConf.get_type(node) is not dict:
+            continue
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(registry.get(name).config_type), node)
+        except Exception as err:  # noqa: BLE001 - OmegaConf's validation errors name the key
+            raise fail(f"wrapper.{name}", str(err).splitlines()[0]) from None
+        cfg.wrapper[name] = typed
+    apply_paper_hyperparameters(cfg, overrides)
+
+
+def config_node(cfg: Any) -> DictConfig:
+    """``cfg`` (a dataclass such as :class:`RunConfig`, or a DictConfig) as a DictConfig."""
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+
+
+def config_yaml(cfg: Any) -> str:
+    """``cfg`` as YAML (enums as their values)."""
+    return OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(config_node(cfg), resolve=True, enum_to_str=True)))
+
+
+def check_override_keys(overrides: list[str], conf_dir: Path) -> None:
+    """Refuse ``algo.<key>`` / ``wrapper.<name>.<key>`` overrides the chosen algorithm or wrapper lacks.
+
+    Hydra refuses them too, but without the valid keys; this names them. The algorithm is the
+    ``algo=`` choice (every value of a sweep), else the experiment preset's, else the default.
+    """
+    from edit_runner.editing.algorithms import algorithm_registry
+    from edit_runner.editing.wrappers import RESERVED_KEYS, wrapper_registry
+
+    plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
+    choices = dict(o.split("=", 1) for o in plain if "." not in o.split("=", 1)[0])
+    algos = choices["algo"].split(",") if "algo" in choices else [_preset_algo(choices.get("experiment"), conf_dir)]
+    if "wrapper" in choices:
+        available = sorted(path.stem for path in (conf_dir / "wrapper").glob("*.yaml"))
+        for name in choices["wrapper"].strip("[]").split(","):
+            if name.strip() and name.strip() not in available:
+                close = difflib.get_close_matches(name.strip(), available, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise fail("wrapper", f"no wrapper {name.strip()!r}.{hint} Available: {', '.join(available)}")
+    registry = algorithm_registry()
+    for override in plain:
+        key = override.split("=", 1)[0]
+        parts = key.split(".")
+        if parts[0] == "algo" and len(parts) > 1:
+            for name in algos:
+                _check_field(key, parts[1], registry.get(name).config_type, f"algo={name}")
+        elif parts[0] == "wrapper" and len(parts) > 2 and parts[1] not in RESERVED_KEYS:
+            _check_field(key, parts[2], wrapper_registry().get(parts[1]).config_type, f"wrapper={parts[1]}")
+
+
+def _preset_algo(experiment: str | None, conf_dir: Path) -> str:
+    root = OmegaConf.load(conf_dir / "config.yaml")
+    source = OmegaConf.load(conf_dir / "experiment" / f"{experiment}.yaml") if experiment else root
+    for entry in source.get("defaults", []):
+        if isinstance(entry, DictConfig):
+            for key, value in entry.items():
+                if str(key).removeprefix("override").strip().strip("/") == "algo":
+                    return str(value)
+    return _preset_algo(None, conf_dir) if experiment else "rome"
+
+
+def _check_field(key: str, field_name: str, config_type: type, owner: str) -> None:
+    names = [f.name for f in dataclasses.fields(config_type)]
+    if field_name not in names:
+        close = difflib.get_close_matches(field_name, names, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise fail(key, f"{owner} has no setting {field_name!r}.{hint} Valid keys: {', '.join(names)}")
+
+
+def config_hash(cfg: Any) -> str:
     """A stable hash of the job config (excluding output/progress/resume settings)."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container = OmegaConf.to_container(config_node(cfg), resolve=True, enum_to_str=True)
     assert isinstance(container, dict)
     for key in ("output_root", "progress", "resume", "hydra"):
         container.pop(key, None)

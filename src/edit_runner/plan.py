@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
-
-from edit_runner.config import enabled_wrappers, fail
+from edit_runner.config import (
+    DataConfig,
+    ModelConfig,
+    ModelSource,
+    ProtocolName,
+    RunConfig,
+    StatsConfig,
+    fail,
+)
 from edit_runner.data.record import EditRecord, validate_records
 from edit_runner.editing.algorithms import AlgorithmSpec, algorithm_spec
-from edit_runner.editing.wrappers import check_combination
+from edit_runner.editing.wrappers import Wrapper, build_wrappers, check_combination
 from edit_runner.models.tokens import find_subject
 
 
@@ -23,7 +30,8 @@ class RunPlan:
     """The validated choices of a run and its edits split into protocol steps."""
 
     spec: AlgorithmSpec
-    wrappers: list[str]
+    config: Any  # the algorithm's hyper-parameter dataclass
+    wrappers: list[Wrapper]
     records: list[EditRecord]
     steps: list[list[EditRecord]]
 
@@ -32,14 +40,24 @@ class RunPlan:
         """Edits per step."""
         return len(self.steps[0]) if self.steps else 0
 
+    @property
+    def wrapper_names(self) -> list[str]:
+        """The enabled wrappers' names in canonical order."""
+        return [w.name for w in self.wrappers]
 
-def load_edit_records(data: DictConfig, cache_dir: Path) -> list[EditRecord]:
+    def with_records(self, records: list[EditRecord]) -> RunPlan:
+        """The same plan over ``records`` (e.g. after neighbour selection), steps re-split."""
+        size = self.batch_size if len(self.steps) > 1 else len(records)
+        return RunPlan(self.spec, self.config, self.wrappers, records, [records[i : i + size] for i in range(0, len(records), size)])
+
+
+def load_edit_records(data: DataConfig, cache_dir: Path) -> list[EditRecord]:
     """Load and select the run's edit records from ``data`` (local path, cache or canonical URL)."""
     from edit_runner.data.download import resolve_dataset_file
     from edit_runner.data.loaders import load_records
     from edit_runner.data.selection import select_records
 
-    fmt = data.format.value if hasattr(data.format, "value") else str(data.format)
+    fmt = data.format.value
     if fmt == "demo":
         records = load_records("demo", data.path)
     else:
@@ -61,46 +79,61 @@ def check_subjects(records: list[EditRecord]) -> None:
         find_subject(record.rewrite_prompt, record.subject, record.case_id)
 
 
-def check_covariance_corpus(cfg: DictConfig) -> None:
+def check_covariance_corpus(stats: StatsConfig) -> None:
     """A local covariance corpus must exist before any model is loaded."""
-    corpus = cfg.stats.corpus.value if hasattr(cfg.stats.corpus, "value") else str(cfg.stats.corpus)
-    path = cfg.stats.text_path
-    if corpus == "text" and not path:
+    path = stats.text_path
+    if stats.corpus.value == "text" and not path:
         raise fail("stats.text_path", "stats.corpus=text needs a text file, e.g. stats.text_path=wiki.test.raw")
     if path and not Path(path).is_file():
         raise fail("stats.text_path", f"covariance corpus file {path} does not exist; give an existing text file")
 
 
-def plan_run(cfg: DictConfig, cache_dir: Path) -> RunPlan:
+def check_model_path(model: ModelConfig) -> None:
+    """A ``model.path`` that names a local file or directory must exist (hub ids look like ``org/name``)."""
+    path = model.path
+    if not path or model.source is ModelSource.smollm2:
+        return
+    local = path.startswith(("/", ".", "~")) or path.count("/") > 1 or path.endswith(".gguf")
+    if local and not Path(path).expanduser().exists():
+        raise fail(
+            "model.path",
+            f"no such directory or file: {path}; give an existing local model directory or .gguf file, or a hub id such as org/name",
+        )
+
+
+def plan_run(cfg: RunConfig, cache_dir: Path) -> RunPlan:
     """Validate the config and the data, and split the edits into steps — no model needed."""
-    spec = algorithm_spec(cfg.algo.name.value if hasattr(cfg.algo.name, "value") else str(cfg.algo.name))
-    wrappers = enabled_wrappers(cfg)
+    spec = algorithm_spec(cfg.algo.name)
+    if not isinstance(cfg.algo, spec.config_type):
+        raise fail("algo.name", f"{cfg.algo.name!r} does not match the composed algorithm config; choose it with algo={spec.name}")
+    wrappers = build_wrappers(cfg.wrapper)
     check_combination(spec, wrappers)
-    protocol = cfg.protocol.name.value if hasattr(cfg.protocol.name, "value") else str(cfg.protocol.name)
-    if protocol == "batched" and not spec.supports_batched:
+    protocol = ProtocolName(cfg.protocol.name)
+    if protocol is ProtocolName.batched and not spec.supports_batched:
         raise fail("protocol", f"algo={spec.name} does not support batched editing; use protocol=sequential")
-    if protocol == "sequential" and not spec.supports_sequential:
+    if protocol is ProtocolName.sequential and not spec.supports_sequential:
         raise fail("protocol", f"algo={spec.name} does not support sequential editing; use protocol=batched")
-    if not cfg.algo.layers:
+    layers = list(cfg.algo.layers)
+    if not layers:
         raise fail("algo.layers", "give at least one layer index")
-    if spec.solver == "rome" and len(cfg.algo.layers) != 1:
-        raise fail("algo.layers", f"ROME edits exactly one layer, got {list(cfg.algo.layers)}")
-    if spec.needs_covariance:
-        check_covariance_corpus(cfg)
+    if spec.max_layers is not None and len(layers) > spec.max_layers:
+        allowed = "exactly one layer" if spec.max_layers == 1 else f"at most {spec.max_layers} layers"
+        raise fail("algo.layers", f"{spec.name.upper().replace('_', '-')} edits {allowed}, got {layers}")
+    if cfg.protocol.batch_size is not None and int(cfg.protocol.batch_size) < 1:
+        raise fail("protocol.batch_size", f"must be a positive number of edits per step, got {cfg.protocol.batch_size}")
+    if cfg.data.num_edits is not None and int(cfg.data.num_edits) < 1:
+        raise fail("data.num_edits", f"must be a positive number of edits, or null for every record; got {cfg.data.num_edits}")
+    check_model_path(cfg.model)
+    if spec.needs_covariance(cfg.algo):
+        check_covariance_corpus(cfg.stats)
     records = load_edit_records(cfg.data, cache_dir)
     if not records:
         raise fail("data.num_edits", "the selection is empty; select at least one edit")
     validate_records(records)
     check_subjects(records)
-    if ("na" in wrappers or "nap" in wrappers) and not all(r.neighbor_subjects_known for r in records):
-        missing = next(r.case_id for r in records if not r.neighbor_subjects_known)
-        raise fail(
-            "wrapper",
-            f"neighbor-assisted editing needs neighbor subjects, but record case_id={missing} has none; use "
-            "data=multi_counterfact (with neighborhood_samples), an EasyEdit file with neighborhood_samples, or data=demo",
-        )
-    size = len(records) if protocol == "batched" or cfg.protocol.batch_size is None else int(cfg.protocol.batch_size)
-    if size < 1:
-        raise fail("protocol.batch_size", "must be a positive number of edits per step")
+    size = len(records) if protocol is ProtocolName.batched or cfg.protocol.batch_size is None else int(cfg.protocol.batch_size)
     steps = [records[i : i + size] for i in range(0, len(records), size)]
-    return RunPlan(spec=spec, wrappers=wrappers, records=records, steps=steps)
+    plan = RunPlan(spec=spec, config=cfg.algo, wrappers=wrappers, records=records, steps=steps)
+    for wrapper in wrappers:
+        wrapper.check(plan)
+    return plan

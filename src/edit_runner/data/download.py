@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from filelock import FileLock
 
 from edit_runner.errors import DataError
+from edit_runner.paths import default_cache_dir
 
 MEMIT_DSETS_URL = "https://memit.baulab.info/data/dsets/"
 OFFLINE_ENV = "EDIT_RUNNER_OFFLINE"
@@ -74,12 +75,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _default_cache_dir() -> Path:
-    from edit_runner.models.loading import default_cache_dir
-
-    return default_cache_dir()
 
 
 def _manual_instructions(name: str, url: str, target: Path, sha256: str | None) -> str:
@@ -178,7 +173,7 @@ def resolve_dataset_file(
         url = canonical.url
     if sha256 is None and canonical is not None and canonical.url == url:
         sha256 = canonical.sha256
-    root = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / "data" / url_filename(url)
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):

@@ -1,48 +1,114 @@
-"""Every algorithm as a small declarative variant of the one two-stage core (DESIGN.md).
+"""Every algorithm as a registry entry: a small declarative variant of the one two-stage core (DESIGN.md).
 
-ROME, MEMIT, PMET, EMMET and AlphaEdit differ only in where δ is added, how templates are
-averaged, how the residual is spread over layers and which normal equations are solved.
+ROME, MEMIT, PMET, EMMET and AlphaEdit differ only in where δ is added (:attr:`AlgorithmSpec.sites`),
+how templates are averaged, how the residual is spread over layers and which normal equations are
+solved (their :class:`~edit_runner.editing.solver.Solver`). Each method lives in one module of
+:mod:`edit_runner.editing.methods`, which registers its entries together with their typed
+hyper-parameter dataclasses; adding a method is one module there plus its ``conf/algo`` yaml.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from edit_runner.editing.solver import DirectEditor, Solver
+from edit_runner.models.layout import ModelLayout
 from edit_runner.registry import Registry
+
+#: Capability a wrapper may need: the optimization stage; spread terms are ``"spread:<term>"``.
+OPTIMIZATION = "optimization"
+
+
+@dataclass
+class TwoStageConfig:
+    """Hyper-parameters shared by every locate-then-edit method (SPEC C §1.5–1.7).
+
+    ``per_model`` holds values a paper fixes per model; they are merged under command-line
+    overrides before the job starts.
+    """
+
+    name: str = "?"
+    layers: list[int] = field(default_factory=lambda: [5])
+    v_num_grad_steps: int = 20
+    v_lr: float = 0.5
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    nll_loss_factor: float = 1.0
+    mom2_n_samples: int = 100000
+    mom2_dtype: str = "float32"
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
+    target_chunk: int = 16
+    per_model: dict[str, Any] = field(default_factory=dict)
+
+
+def block_site(layout: ModelLayout, layer: int) -> tuple[str, ...]:
+    """δ at the output of decoder block ``layer`` (MEMIT family)."""
+    return (layout.layer(layer),)
 
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """What an algorithm is made of and what it supports."""
+    """What an algorithm is made of and what it supports.
+
+    Exactly one of ``solver_type`` (two-stage methods) and ``direct_type`` (fine-tuning) is set;
+    both are built from the algorithm's config dataclass ``config_type``.
+    """
 
     name: str
-    template_style: str  # "rome" (21 flat templates) | "memit" (bare + 5 prefixes)
-    delta_site: str  # "mlp" (ROME: MLP output of the edited layer) | "block" (block output at the last layer) | "pmet"
-    residual_site: str  # where ``cur`` is read for R = z − cur: "block" | "mlp_out" | "rank_one"
-    spread: str  # "divide" 1/(L−i) | "sqrt" 1/sqrt(L−i) | "none"
-    solver: str  # "rome" | "memit" | "emmet" | "alphaedit" | "finetune"
+    config_type: type
+    solver_type: Callable[[Any], Solver] | None = None
+    direct_type: Callable[[Any], DirectEditor] | None = None
+    template_style: str = "memit"  # "rome" (flat templates) | "memit" (bare + prefixes)
+    sites: Callable[[ModelLayout, int], tuple[str, ...]] = block_site
+    spread: str = "divide"  # "divide" 1/(L−i) | "sqrt" 1/sqrt(L−i) | "none"
+    one_edit_per_pass: bool = False
+    max_layers: int | None = None
+    pmet_rule: bool = False
     supports_batched: bool = True
     supports_sequential: bool = True
-    needs_covariance: bool = True
-    has_spread: bool = True
-    has_optimization: bool = True
-    pmet_rule: bool = False
+
+    @property
+    def has_optimization(self) -> bool:
+        """Whether the method has the optimization (target) stage."""
+        return self.solver_type is not None
+
+    @property
+    def has_spread(self) -> bool:
+        """Whether the method has the closed-form spread stage."""
+        return self.solver_type is not None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What wrappers may hook into: the optimization stage and the spread terms its solver accepts."""
+        if self.solver_type is None:
+            return frozenset()
+        accepts = getattr(self.solver_type, "accepts", frozenset())
+        return frozenset({OPTIMIZATION, *(f"spread:{term}" for term in accepts)})
+
+    def build_solver(self, config: Any) -> Solver:
+        """A fresh solver (its run state empty) for ``config``."""
+        if self.solver_type is None:
+            raise TypeError(f"algo={self.name} has no spread stage")
+        return self.solver_type(config)
+
+    def needs_covariance(self, config: Any) -> bool:
+        """Whether the run must compute the layer statistics ``C`` for ``config``."""
+        return self.solver_type is not None and self.build_solver(config).needs_covariance
 
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
 
-for _spec in (
-    AlgorithmSpec("rome", "rome", "mlp", "rank_one", "none", "rome"),
-    AlgorithmSpec("memit", "memit", "block", "block", "divide", "memit"),
-    AlgorithmSpec("pmet", "memit", "pmet", "mlp_out", "sqrt", "memit", pmet_rule=True),
-    AlgorithmSpec("emmet", "memit", "block", "block", "divide", "emmet"),
-    AlgorithmSpec("alphaedit", "memit", "block", "block", "divide", "alphaedit"),
-    AlgorithmSpec("ft", "memit", "block", "block", "none", "finetune", needs_covariance=False, has_spread=False, has_optimization=False),
-    AlgorithmSpec("ft_c", "memit", "block", "block", "none", "finetune", needs_covariance=False, has_spread=False, has_optimization=False),
-):
-    ALGORITHMS.register(_spec.name, _spec)
+
+def algorithm_registry() -> Registry[AlgorithmSpec]:
+    """The algorithm registry with every module of :mod:`edit_runner.editing.methods` loaded."""
+    importlib.import_module("edit_runner.editing.methods")
+    return ALGORITHMS
 
 
 def algorithm_spec(name: str) -> AlgorithmSpec:
     """The spec of a registered algorithm (did-you-mean error for unknown names)."""
-    return ALGORITHMS.get(name)
+    return algorithm_registry().get(name)

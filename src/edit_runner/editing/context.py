@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from edit_runner.errors import ConfigError
+from edit_runner.models.sampling import sample_continuations
 
 MEMIT_SEED_WORDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -46,51 +47,6 @@ class ContextTemplates:
 def _clean(text: str) -> str:
     text = unicodedata.normalize("NFKD", text).replace("\n\n", " ").replace("\n", " ")
     return text.replace("{", " ").replace("}", " ")
-
-
-@torch.no_grad()
-def sample_top_k(
-    model: torch.nn.Module, start_ids: torch.Tensor, num_new_tokens: int, generator: torch.Generator, top_k: int = 5
-) -> torch.Tensor:
-    """Top-k sampling with a KV cache for a batch of equal-length prompts (``rows × prompt_len`` ids).
-
-    Softmax → keep the top ``k`` → renormalise → multinomial with ``generator`` (SPEC C §1.2).
-    Returns the prompts with the sampled tokens appended.
-    """
-    device = next(model.parameters()).device
-    sequence = start_ids.to(device)
-    past = None
-    step_input = sequence
-    for _ in range(num_new_tokens):
-        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        top_p, top_i = torch.softmax(out.logits[:, -1].float(), dim=-1).topk(top_k, dim=-1)
-        pick = torch.multinomial((top_p / top_p.sum(-1, keepdim=True)).cpu(), 1, generator=generator).to(device)
-        step_input = top_i.gather(1, pick)
-        sequence = torch.cat([sequence, step_input], dim=1)
-    return sequence
-
-
-def sample_continuations(
-    model: torch.nn.Module,
-    tokenizer,
-    prompts: list[str],
-    max_out_len: int,
-    generator: torch.Generator,
-    top_k: int = 5,
-) -> list[str]:
-    """Sample one continuation per prompt; ``max_out_len`` counts the prompt tokens too (``generate_fast``).
-
-    Identical prompts are sampled together in one batch.
-    """
-    texts: dict[int, str] = {}
-    for prompt in dict.fromkeys(prompts):
-        rows = [i for i, p in enumerate(prompts) if p == prompt]
-        ids = torch.tensor([tokenizer(prompt)["input_ids"]] * len(rows))
-        out = sample_top_k(model, ids, max(0, max_out_len - ids.shape[1]), generator, top_k)
-        for i, sequence in zip(rows, out):
-            texts[i] = tokenizer.decode(sequence, skip_special_tokens=True)
-    return [texts[i] for i in range(len(prompts))]
 
 
 def generate_context_templates(

@@ -1,8 +1,9 @@
 """Second-moment statistics C = E[k kᵀ] of the rewrite modules' inputs (SPEC C §10, B §5).
 
 One streamed pass over a corpus collects every requested layer at once, always on the unedited
-model. Results are cached on disk keyed by model, revision, layer, corpus, sample count, max length
-and dtype; a file lock keeps two jobs from computing the same file and writes are atomic.
+model (published statistics are imported instead; the sources are in :mod:`edit_runner.editing.corpora`).
+Results are cached on disk keyed by model, revision, layer, corpus, sample count, max length and
+dtype; a file lock keeps two jobs from computing the same file and writes are atomic.
 """
 
 from __future__ import annotations
@@ -11,17 +12,41 @@ import hashlib
 import os
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from filelock import FileLock
 
-from edit_runner.editing.context import sample_top_k
 from edit_runner.errors import ConfigError
 from edit_runner.io import atomic_torch_save
 from edit_runner.models.hooks import run_until_stop, trace
+from edit_runner.models.sampling import sample_top_k
+
+#: Wraps the batch list of a statistics pass (e.g. a progress bar's ``track``).
+Progress = Callable[[list], Iterable]
+
+
+@dataclass(frozen=True)
+class LayerMoment:
+    """One module's uncentered second moment ``E[k kᵀ]`` and the number of tokens behind it."""
+
+    moment: torch.Tensor
+    count: int
+
+
+class MomentSource(Protocol):
+    """A built covariance corpus: where its statistics come from and how to get them per module."""
+
+    ident: str
+
+    def moments(
+        self, model: torch.nn.Module, tokenizer: Any, modules: list[str], settings: CovarianceSettings, progress: Progress | None = None
+    ) -> dict[str, LayerMoment]:
+        """Second moments of ``modules`` (computed on ``model`` or read from elsewhere)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -30,6 +55,15 @@ class Corpus:
 
     ident: str
     texts: list[str]
+
+    def moments(
+        self, model: torch.nn.Module, tokenizer: Any, modules: list[str], settings: CovarianceSettings, progress: Progress | None = None
+    ) -> dict[str, LayerMoment]:
+        """Second moments of ``modules``' inputs over these texts, in one streamed pass of ``model``."""
+        means, count = second_moments(
+            model, tokenizer, modules, self.texts, settings.max_length, settings.batch_size, getattr(torch, settings.dtype), progress
+        )
+        return {name: LayerMoment(mean, count) for name, mean in means.items()}
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -66,11 +100,17 @@ def hf_ident(dataset: str, config: str | None, split: str) -> str:
     return f"hf-{dataset}-{config}-{split}"
 
 
-def text_file_corpus(path: str | Path, n_samples: int) -> Corpus:
-    """Paragraphs of a local text file (blank-line or heading separated), sampled like the reference."""
+def existing_text_file(path: str | Path) -> Path:
+    """``path`` as a Path; a ConfigError on ``stats.text_path`` when it is not a file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"stats.text_path: covariance corpus file {file} does not exist; give an existing text file")
+    return file
+
+
+def text_file_corpus(path: str | Path, n_samples: int) -> Corpus:
+    """Paragraphs of a local text file (blank-line or heading separated), sampled like the reference."""
+    file = existing_text_file(path)
     paragraphs = [p.strip() for p in file.read_text(encoding="utf-8").split("\n") if len(p.strip()) > 20 and not p.strip().startswith("=")]
     if not paragraphs:
         raise ConfigError(f"stats.text_path: {file} holds no usable text")
@@ -78,17 +118,22 @@ def text_file_corpus(path: str | Path, n_samples: int) -> Corpus:
     return Corpus(ident=text_file_ident(file), texts=chosen)
 
 
-def hf_corpus(dataset: str, config: str | None, split: str, n_samples: int) -> Corpus:
-    """Texts of a Hugging Face dataset (field ``text``), sampled like the reference."""
+def load_hf_split(dataset: str, config: str | None, split: str, source: str = "hf") -> Any:
+    """One split of a Hugging Face dataset; a ConfigError naming ``stats.corpus=<source>`` and the offline choices if it fails."""
     from datasets import load_dataset
 
     try:
-        data = load_dataset(dataset, config, split=split)
+        return load_dataset(dataset, config, split=split)
     except Exception as err:
         raise ConfigError(
-            f"stats.corpus=hf: cannot load {dataset}/{config} ({err}). Offline? Use stats.corpus=text "
-            "stats.text_path=<a text file> or stats.corpus=model_samples"
+            f"stats.corpus={source}: cannot load {dataset}/{config} ({err}). Offline? Use stats.corpus=text "
+            "stats.text_path=<a text file>, stats.corpus=npz stats.import_dir=<published statistics> or stats.corpus=model_samples"
         ) from err
+
+
+def hf_corpus(dataset: str, config: str | None, split: str, n_samples: int) -> Corpus:
+    """Texts of a Hugging Face dataset (field ``text``), sampled like the reference."""
+    data = load_hf_split(dataset, config, split)
     indices = fixed_random_subset(len(data), n_samples * 2)
     texts = [t for t in (data[i]["text"] for i in indices) if t and t.strip()][:n_samples]
     return Corpus(ident=hf_ident(dataset, config, split), texts=texts)
@@ -179,19 +224,26 @@ class CovarianceSettings:
 class CovarianceCache:
     """Run-owned covariance provider: loads or computes C per rewrite module, never from an edited model."""
 
-    def __init__(self, cache_dir: Path, settings: CovarianceSettings, corpus_factory, corpus_ident: str | None = None) -> None:
+    def __init__(
+        self, cache_dir: Path, settings: CovarianceSettings, corpus_factory: Callable[[], MomentSource], corpus_ident: str | None = None
+    ) -> None:
         self.cache_dir = Path(cache_dir)
         self.settings = settings
         self.corpus_factory = corpus_factory
         self._ident = corpus_ident
-        self._corpus: Corpus | None = None
+        self._corpus: MomentSource | None = None
         self._loaded: dict[str, torch.Tensor] = {}
 
-    def corpus(self) -> Corpus:
-        """The corpus, built on first use."""
+    def corpus(self) -> MomentSource:
+        """The corpus (texts or imported statistics), built on first use."""
         if self._corpus is None:
             self._corpus = self.corpus_factory()
         return self._corpus
+
+    @property
+    def corpus_ident(self) -> str:
+        """The corpus identity that keys the cache files (builds the corpus only when none was given)."""
+        return self._ident if self._ident is not None else self.corpus().ident
 
     def path_for(self, module: str, corpus_ident: str) -> Path:
         """Cache file of one module's statistics."""
@@ -199,28 +251,25 @@ class CovarianceCache:
         model_dir = f"{s.model_name.replace('/', '_')}-{hashlib.sha1(s.revision.encode()).hexdigest()[:8]}"
         return self.cache_dir / "stats" / model_dir / corpus_ident / f"{module}_{s.dtype}_mom2_{s.n_samples}_len{s.max_length}.pt"
 
-    def ensure(self, model: torch.nn.Module, tokenizer, modules: list[str], progress=None) -> None:
-        """Load cached statistics of ``modules``; compute the missing ones in one streamed pass.
+    def ensure(self, model: torch.nn.Module, tokenizer: Any, modules: list[str], progress: Progress | None = None) -> None:
+        """Load cached statistics of ``modules``; get the missing ones from the corpus (one streamed pass, or an import).
 
         Must be called on the unedited model (the runner calls it before the first edit).
         """
         wanted = [m for m in modules if m not in self._loaded]
         if not wanted:
             return
-        ident = self._ident if self._ident is not None else self.corpus().ident
-        paths = {m: self.path_for(m, ident) for m in wanted}
+        paths = {m: self.path_for(m, self.corpus_ident) for m in wanted}
         lock_path = paths[wanted[0]].parent / "compute.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock_path)):
             missing = [m for m in wanted if not paths[m].exists()]
             if missing:
                 corpus = self.corpus()
-                dtype = getattr(torch, self.settings.dtype)
-                moments, count = second_moments(
-                    model, tokenizer, missing, corpus.texts, self.settings.max_length, self.settings.batch_size, dtype, progress
-                )
-                for name, moment in moments.items():
-                    atomic_torch_save(paths[name], {"mom2": moment, "count": count, "sample_size": self.settings.n_samples, "corpus": corpus.ident})
+                for name, stat in corpus.moments(model, tokenizer, missing, self.settings, progress).items():
+                    atomic_torch_save(
+                        paths[name], {"mom2": stat.moment, "count": stat.count, "sample_size": self.settings.n_samples, "corpus": corpus.ident}
+                    )
             for m in wanted:
                 self._loaded[m] = torch.load(paths[m], map_location="cpu")["mom2"].float()
 

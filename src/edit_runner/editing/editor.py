@@ -1,16 +1,19 @@
 """The one two-stage editor: optimization (targets) then spread (closed-form solve per layer).
 
-An :class:`Editor` is built once per run; :meth:`Editor.edit` applies one step's records to the
-model in place. Per-run solver state (AlphaEdit's projector and key history, ENCORE's previous-edit
-keys, D4S running sums) lives on the editor and round-trips through :meth:`state_dict`.
+An :class:`EditorBuilder` is made once per run; each wrapper's ``install`` adds its hooks to it
+(loss rows, stop rules, spread terms, a solver decorator, an outer loop), and :meth:`EditorBuilder.build`
+returns the :class:`Editor`. :meth:`Editor.edit` applies one step's records to the model in place.
+Run state (the solver's and the spread terms') round-trips through :meth:`Editor.state_dict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -19,8 +22,7 @@ from edit_runner.editing import solvers
 from edit_runner.editing.algorithms import AlgorithmSpec
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.covariance import CovarianceCache
-from edit_runner.editing.finetune import FinetuneSettings, finetune
-from edit_runner.editing.keys import bare_activations, compute_keys
+from edit_runner.editing.solver import DirectEditor, LayerProbe, Solver, SpreadTerm, SpreadTerms
 from edit_runner.editing.targets import (
     ExtraRows,
     OptimizationSettings,
@@ -29,123 +31,168 @@ from edit_runner.editing.targets import (
     optimize_targets,
     rewrite_nll,
 )
-from edit_runner.editing.wrappers import IterationRecord, iterate
 from edit_runner.models.layout import add_to_weight, weight_matrix
 from edit_runner.models.loading import LoadedModel
 
-
-@dataclass
-class SpreadOptions:
-    """Spread-stage wrapper switches (norm constraint, previous-edit keys, D4S)."""
-
-    norm_lambda: float = 0.0
-    prev_edit_keys: bool = False
-    d4s: str | None = None  # None | "reference" | "remeasured"
-
-
-@dataclass
-class IterativeOptions:
-    """Outer-loop settings of iterative editing."""
-
-    max_iterations: int
-    stop_rule: str
-    epsilon: float
+Snapshot = dict[str, Any]
 
 
 @dataclass
 class StepReport:
-    """What one :meth:`Editor.edit` call did: optimization steps per edit, timings, iterations."""
+    """What one :meth:`Editor.edit` call did: optimization steps per edit, timings, iterations.
+
+    ``targets`` holds every optimization-stage result of the call in order (one per pass, per
+    record for one-edit-per-pass methods): the ``z`` the spread stage received.
+    """
 
     steps: list[int] = field(default_factory=list)
     init_nll: list[float] = field(default_factory=list)
     final_nll: list[float] = field(default_factory=list)
-    iterations: list[IterationRecord] = field(default_factory=list)
+    iterations: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     extra: dict[str, float] = field(default_factory=dict)
+    targets: list[TargetResult] = field(default_factory=list)
 
 
-class Editor:
-    """Applies an algorithm (with its wrappers) to a model, step by step."""
+class OuterLoop(Protocol):
+    """A loop around optimize→spread (iterative editing)."""
+
+    def run(self, records: list[EditRecord], passes: PassControl) -> list[dict[str, Any]]:
+        """Run passes until the loop's stop rule holds; returns one row per pass."""
+
+
+@dataclass
+class PassControl:
+    """What an :class:`OuterLoop` may do with the editor for one step's records."""
+
+    single_pass: Callable[[], torch.Tensor]  # one optimize→spread; per-edit final NLLs (δ = δ*)
+    measure_after: Callable[[], torch.Tensor]  # per-edit NLLs on the updated weights (δ = 0)
+    snapshot: Callable[[], Snapshot]
+    restore: Callable[[Snapshot], None]
+
+
+class EditorBuilder:
+    """The editor under construction: what wrappers may read and the hooks they may install.
+
+    Read: ``loaded``, ``spec``, ``config``, ``modules`` (the rewrite modules), ``original`` (their
+    unedited weights), ``evaluate`` (metrics of the current model on records, from the runner).
+    Install: ``extra_rows``, ``stop_rules``, ``spread_terms`` (by name), ``solver`` (may be
+    decorated), ``before_pass``, ``residual_once``, ``outer`` and ``optimization`` (overrides of
+    :class:`OptimizationSettings` fields).
+    """
 
     def __init__(
         self,
         loaded: LoadedModel,
         spec: AlgorithmSpec,
-        algo: Any,
+        config: Any,
         templates: ContextTemplates,
         covariance: CovarianceCache | None,
-        *,
-        spread: SpreadOptions | None = None,
-        iterative: IterativeOptions | None = None,
-        extra_rows: tuple[ExtraRows, ...] = (),
-        stop_rules: tuple[StopRule, ...] = (),
-        pooled_neighbors: bool = False,
-        neighbor_weight: float = 1.0,
+        evaluate: Callable[[list[EditRecord]], dict[str, Any]] | None = None,
     ) -> None:
+        self.loaded = loaded
+        self.spec = spec
+        self.config = config
+        self.templates = templates
+        self.covariance = covariance
+        self.evaluate = evaluate
+        self.layers = sorted(int(layer) for layer in config.layers)
+        self.modules = [loaded.layout.mlp_out.format(layer) for layer in self.layers]
+        self.original = {name: weight_matrix(loaded.model.get_submodule(name)).detach().clone() for name in self.modules}
+        self.solver: Solver | None = spec.build_solver(config) if spec.has_spread else None
+        self.direct: DirectEditor | None = spec.direct_type(config) if spec.direct_type is not None else None
+        self.extra_rows: list[ExtraRows] = []
+        self.stop_rules: list[StopRule] = []
+        self.spread_terms: dict[str, SpreadTerm] = {}
+        self.before_pass: list[Callable[[], None]] = []
+        self.residual_once = False
+        self.outer: OuterLoop | None = None
+        self.optimization: dict[str, Any] = {}
+
+    def weight_offset(self, layer: int) -> torch.Tensor:
+        """``W − W₀`` of ``layer``'s rewrite module (float64, math layout)."""
+        name = self.loaded.layout.mlp_out.format(layer)
+        weight = weight_matrix(self.loaded.model.get_submodule(name)).detach().double()
+        return weight - self.original[name].to(weight.device).double()
+
+    def reset_to_original(self) -> None:
+        """Copy the unedited weights back into every rewrite module."""
+        with torch.no_grad():
+            for name in self.modules:
+                weight_matrix(self.loaded.model.get_submodule(name)).copy_(self.original[name])
+
+    def build(self) -> Editor:
+        """The editor with every installed hook."""
+        return Editor(self)
+
+
+class Editor:
+    """Applies an algorithm (with its wrappers' hooks) to a model, step by step."""
+
+    def __init__(self, builder: EditorBuilder) -> None:
+        loaded = builder.loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.layout = loaded.layout
-        self.spec = spec
-        self.algo = algo
-        self.templates = templates
-        self.covariance = covariance
-        self.spread_options = spread or SpreadOptions()
-        self.iterative = iterative
-        self.extra_rows = extra_rows
-        self.stop_rules = stop_rules
-        self.pooled_neighbors = pooled_neighbors
-        self.neighbor_weight = neighbor_weight
-        self.layers = sorted(int(layer) for layer in algo.layers)
-        self.modules = [self.layout.mlp_out.format(layer) for layer in self.layers]
-        self.original = {name: weight_matrix(self.model.get_submodule(name)).detach().clone() for name in self.modules}
-        self.key_history: dict[int, torch.Tensor] = {}
-        self.prev_kkt: dict[int, torch.Tensor] = {}
-        self.running_sums = solvers.RunningSums()
-        self._projectors: dict[int, torch.Tensor] = {}
+        self.spec = builder.spec
+        self.config = builder.config
+        self.templates = builder.templates
+        self.covariance = builder.covariance
+        self.layers = builder.layers
+        self.modules = builder.modules
+        self.original = builder.original
+        self.solver = builder.solver
+        self.direct = builder.direct
+        self.extra_rows = tuple(builder.extra_rows)
+        self.stop_rules = tuple(builder.stop_rules)
+        self.spread_terms = dict(builder.spread_terms)
+        self.before_pass = tuple(builder.before_pass)
+        self.residual_once = builder.residual_once
+        self.outer = builder.outer
+        self.optimization = dict(builder.optimization)
 
     # ----- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable solver state (AlphaEdit key history, ENCORE memory, D4S sums)."""
+        """Checkpointable run state: the solver's and each spread term's (tensors only)."""
         return {
-            "key_history": {k: v.clone() for k, v in self.key_history.items()},
-            "prev_kkt": {k: v.clone() for k, v in self.prev_kkt.items()},
-            "running_sums": self.running_sums.state_dict(),
+            "solver": self.solver.state_dict() if self.solver is not None else {},
+            "terms": {name: term.state_dict() for name, term in self.spread_terms.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.key_history = dict(state["key_history"])
-        self.prev_kkt = dict(state["prev_kkt"])
-        self.running_sums.load_state_dict(state["running_sums"])
+        if self.solver is not None:
+            self.solver.load_state_dict(state["solver"])
+        for name, term in self.spread_terms.items():
+            term.load_state_dict(state["terms"][name])
 
     # ----- public ----------------------------------------------------------------------------
     def edit(self, records: list[EditRecord]) -> StepReport:
         """Edit the model in place with ``records`` (one protocol step)."""
         report = StepReport()
-        if not self.spec.has_optimization:
+        if self.direct is not None:
             start = time.perf_counter()
-            report.extra.update(self._finetune(records))
+            report.extra.update(self.direct.edit(self.model, self.tokenizer, records, self._direct_params()))
             report.seconds["solve"] += time.perf_counter() - start
             return report
-        if self.iterative is None:
+        if self.outer is None:
             self._single_pass(records, report)
             return report
-        report.iterations = iterate(
-            single_pass=lambda: self._single_pass(records, report),
-            measure_after=lambda: self._measure(records, report),
-            snapshot=self._snapshot,
-            restore=self._restore,
-            max_iterations=self.iterative.max_iterations,
-            stop_rule=self.iterative.stop_rule,
-            epsilon=self.iterative.epsilon,
-            on_iteration=getattr(self, "on_iteration", None),
+        report.iterations = self.outer.run(
+            records,
+            PassControl(
+                single_pass=lambda: self._single_pass(records, report),
+                measure_after=lambda: self._measure(records, report),
+                snapshot=self._snapshot,
+                restore=self._restore,
+            ),
         )
         return report
 
     # ----- stages ----------------------------------------------------------------------------
     def _settings(self, sites: tuple[str, ...]) -> OptimizationSettings:
-        a = self.algo
-        return OptimizationSettings(
+        a = self.config
+        settings = OptimizationSettings(
             sites=sites,
             num_steps=int(a.v_num_grad_steps),
             lr=float(a.v_lr),
@@ -154,40 +201,25 @@ class Editor:
             kl_factor=float(a.kl_factor),
             nll_loss_factor=float(a.nll_loss_factor),
             pmet_rule=self.spec.pmet_rule,
-            neighbor_weight=self.neighbor_weight,
-            pooled_neighbors=self.pooled_neighbors,
             chunk=int(a.target_chunk),
         )
+        return dataclasses.replace(settings, **self.optimization)
 
-    def _sites(self, layer: int) -> tuple[str, ...]:
-        site = self.spec.delta_site
-        if site == "mlp":
-            return (self.layout.mlp.format(layer),)
-        if site == "pmet":
-            return (self.layout.mlp_out.format(layer), self.layout.attn_out.format(layer))
-        return (self.layout.layer(layer),)
-
-    def _optimize(self, records: list[EditRecord], layer: int, report: StepReport) -> TargetResult:
+    def _optimize(self, records: list[EditRecord], sites: tuple[str, ...], report: StepReport) -> TargetResult:
         start = time.perf_counter()
-        result = optimize_targets(
-            self.model, self.tokenizer, records, self.templates, self._settings(self._sites(layer)), self.extra_rows, self.stop_rules
-        )
+        result = optimize_targets(self.model, self.tokenizer, records, self.templates, self._settings(sites), self.extra_rows, self.stop_rules)
         report.seconds["target"] += time.perf_counter() - start
         report.steps += result.steps.tolist()
         report.init_nll += result.init_nll.tolist()
         report.final_nll += result.final_nll.tolist()
+        report.targets.append(result)
         return result
 
     def _single_pass(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
-        if self.spec.solver == "rome":
-            finals = [self._rome_one(record, report) for record in records]
-            return torch.cat(finals)
-        if self.spread_options.d4s == "reference":
-            self._set_layers_to_original()
-        z_layer = self.layers[-1]
-        targets = self._optimize(records, z_layer, report)
-        self._spread(records, targets, report)
-        return targets.final_nll
+        for hook in self.before_pass:
+            hook()
+        groups = [[record] for record in records] if self.spec.one_edit_per_pass else [records]
+        return torch.cat([self._optimize_and_spread(group, report) for group in groups])
 
     def _measure(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
         start = time.perf_counter()
@@ -195,119 +227,52 @@ class Editor:
         report.seconds["measure"] += time.perf_counter() - start
         return nll
 
-    def _rome_one(self, record: EditRecord, report: StepReport) -> torch.Tensor:
-        layer = self.layers[0]
-        module_name = self.layout.mlp_out.format(layer)
-        targets = self._optimize([record], layer, report)
-        start = time.perf_counter()
-        z = targets.z[self._sites(layer)[0]][:, 0]
-        k_star = compute_keys(self.model, self.tokenizer, [record], module_name, self.templates)[:, 0]
-        k_bare = bare_activations(self.model, self.tokenizer, [record], module_name, "input")[:, 0]
-        if self.algo.consistent_keys:
-            # r-ROME (SPEC B §6): the residual is measured at k* as well, v* − (W k* + b)
-            module = self.model.get_submodule(module_name)
-            with torch.no_grad():
-                cur = module(k_star.to(module.weight.dtype)[None])[0].float()
-        else:
-            cur = bare_activations(self.model, self.tokenizer, [record], module_name, "output")[:, 0]
-        report.seconds["key"] += time.perf_counter() - start
-        start = time.perf_counter()
-        cov = self.covariance.get(module_name).to(z.device) if self.algo.mom2_adjustment else None
-        delta = solvers.rome_delta(
-            k_star, k_bare, z - cur, cov, mom2_adjustment=bool(self.algo.mom2_adjustment), consistent_keys=bool(self.algo.consistent_keys)
-        )
-        add_to_weight(self.model.get_submodule(module_name), delta)
-        report.seconds["solve"] += time.perf_counter() - start
-        return targets.final_nll
-
-    def _current(self, records: list[EditRecord], z_layer: int) -> torch.Tensor:
-        if self.spec.residual_site == "mlp_out":
-            return bare_activations(self.model, self.tokenizer, records, self.layout.mlp_out.format(z_layer), "output")
-        return bare_activations(self.model, self.tokenizer, records, self.layout.layer(z_layer), "output")
-
-    def _spread(self, records: list[EditRecord], targets: TargetResult, report: StepReport) -> None:
+    def _optimize_and_spread(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
+        assert self.solver is not None
+        solver = self.solver
         z_layer = self.layers[-1]
-        z = targets.z[self._sites(z_layer)[0]]
-        d4s = self.spread_options.d4s
-        residual = z - self._current(records, z_layer) if d4s == "reference" else None
+        sites = self.spec.sites(self.layout, z_layer)
+        targets = self._optimize(records, sites, report)
+        z = targets.z[sites[0]]
+        probe = LayerProbe(self.model, self.tokenizer, self.layout, self.templates, records)
+        fixed = z - solver.current(probe, z_layer, None) if self.residual_once else None
         total = len(self.layers)
-        for i, layer in enumerate(self.layers):
-            name = self.layout.mlp_out.format(layer)
+        for i, (layer, name) in enumerate(zip(self.layers, self.modules)):
             module = self.model.get_submodule(name)
             start = time.perf_counter()
-            keys = compute_keys(self.model, self.tokenizer, records, name, self.templates).double()
-            base = residual if residual is not None else z - self._current(records, z_layer)
+            keys = probe.keys(layer)
+            base = fixed if fixed is not None else z - solver.current(probe, z_layer, keys)
+            terms = SpreadTerms(bare_keys=probe.bare_inputs(name) if solver.needs_bare_keys else None)
             report.seconds["key"] += time.perf_counter() - start
             start = time.perf_counter()
             resid = base.double() / solvers.spread_divisor(self.spec.spread, total - i)
-            delta = self._solve(layer, name, keys, resid, module)
+            for term in self.spread_terms.values():
+                term.contribute(layer, terms)
+            cov = self.covariance.get(name).to(keys.device) if solver.needs_covariance else None
+            delta = solver.delta(layer, keys, resid, cov, terms)
+            for term in self.spread_terms.values():
+                term.after_layer(layer, keys)
             add_to_weight(module, delta)
             report.seconds["solve"] += time.perf_counter() - start
-        if self.spec.solver == "alphaedit":
-            start = time.perf_counter()
-            for layer, name in zip(self.layers, self.modules):
-                keys = compute_keys(self.model, self.tokenizer, records, name, self.templates).double()
-                self.key_history[layer] = self.key_history.get(layer, 0) + (keys @ keys.T).cpu()
-            report.seconds["key"] += time.perf_counter() - start
+        start = time.perf_counter()
+        solver.after_step(probe, self.layers)
+        report.seconds["key"] += time.perf_counter() - start
+        return targets.final_nll
 
-    def _solve(self, layer: int, name: str, keys: torch.Tensor, resid: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
-        options = self.spread_options
-        device = keys.device
-        cov = self.covariance.get(name).to(device)
-        if self.spec.solver == "alphaedit":
-            projector = self._projector(layer, cov)
-            history = self.key_history.get(layer)
-            dtype = torch.float64 if self.algo.alphaedit_float64 else torch.float32
-            return solvers.alphaedit_delta(
-                keys, resid, projector, None if history is None else history.to(device), float(self.algo.l2) + options.norm_lambda, dtype=dtype
-            )
-        prev = self.prev_kkt.get(layer)
-        preservation = solvers.preservation_matrix(
-            cov.double(), float(self.algo.mom2_update_weight), norm_lambda=options.norm_lambda,
-            prev_kkt=None if (prev is None or not options.prev_edit_keys) else prev.to(device),
-        )
-        if options.prev_edit_keys:
-            self.prev_kkt[layer] = (0 if prev is None else prev) + (keys @ keys.T).cpu()
-        if self.spec.solver == "emmet":
-            return solvers.emmet_delta(keys, resid, preservation, float(self.algo.emmet_lambda))
-        if options.d4s is not None:
-            self.running_sums.add(layer, keys.cpu(), resid.cpu())
-            cumulative = self.running_sums.delta(layer, preservation.cpu()).to(device)
-            current = weight_matrix(module).detach().double() - self.original[name].to(device).double()
-            return cumulative - current
-        return solvers.memit_delta(keys, resid, preservation)
-
-    def _projector(self, layer: int, cov: torch.Tensor) -> torch.Tensor:
-        if layer not in self._projectors:
-            dtype = torch.float64 if self.algo.alphaedit_float64 else torch.float32
-            self._projectors[layer] = solvers.null_space_projector(cov, float(self.algo.nullspace_threshold), dtype=dtype)
-        return self._projectors[layer].to(cov.device)
-
-    def _finetune(self, records: list[EditRecord]) -> dict[str, float]:
+    def _direct_params(self) -> list[torch.nn.Parameter]:
         params = []
         for name in self.modules:
             module = self.model.get_submodule(name)
             params += [p for p in (module.weight, getattr(module, "bias", None)) if p is not None]
-        a = self.algo
-        settings = FinetuneSettings(
-            lr=float(a.ft_lr), num_steps=int(a.ft_num_steps),
-            norm_constraint=None if a.ft_norm_constraint is None else float(a.ft_norm_constraint),
-            weight_decay=float(a.ft_weight_decay), batch_size=int(a.ft_batch_size),
-        )
-        return finetune(self.model, self.tokenizer, records, params, settings)
+        return params
 
     # ----- weights ---------------------------------------------------------------------------
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self) -> Snapshot:
         weights = {name: self.model.get_submodule(name).weight.detach().clone() for name in self.modules}
         return {"weights": weights, "state": self.state_dict()}
 
-    def _restore(self, snapshot: dict[str, Any]) -> None:
+    def _restore(self, snapshot: Snapshot) -> None:
         with torch.no_grad():
             for name, weight in snapshot["weights"].items():
                 self.model.get_submodule(name).weight.copy_(weight)
         self.load_state_dict(snapshot["state"])
-
-    def _set_layers_to_original(self) -> None:
-        with torch.no_grad():
-            for name in self.modules:
-                weight_matrix(self.model.get_submodule(name)).copy_(self.original[name])

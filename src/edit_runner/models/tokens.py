@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edit_runner.errors import DataError
+from edit_runner.models.padding import right_padded
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -107,12 +108,7 @@ def encode_prompts(
             raise DataError(f"could not locate the subject's last token in {filled.text!r}")
         subject_last.append(index)
         rows.append(ids + (list(suffix_ids[i]) if suffix_ids is not None else []))
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[i, : len(ids)] = 1
+    input_ids, mask, _ = right_padded(rows, pad, torch.device("cpu"))
     return EncodedBatch(
         input_ids=input_ids,
         attention_mask=mask,

@@ -184,7 +184,11 @@ def seed003_method(algo: str, wrappers: frozenset[str]) -> str:
 
 
 def seed004_method(algo: str, wrappers: frozenset[str]) -> str:
-    """Seed 004 names: ``MEMIT``, ``MEMIT + MPES``, ``MEMIT + Norm-Const``, ``ENCORE`` (= MEMIT + encore)."""
+    """Seed 004 names: ``MEMIT``, ``MEMIT + MPES``, ``MEMIT + Norm-Const``, ``ENCORE`` (= MEMIT + encore).
+
+    The previous-edit key memory is part of every seed-004 baseline (the reference runs them with
+    ``add_prev_edits``), so it does not change the row name.
+    """
     if "encore" in wrappers:
         base = "ENCORE" if algo == "memit" else f"ENCORE ({algo_label(algo)})"
         return base + _extras(wrappers, frozenset({"encore"}))
@@ -193,12 +197,12 @@ def seed004_method(algo: str, wrappers: frozenset[str]) -> str:
         name += " + MPES"
     if "norm_constraint" in wrappers:
         name += " + Norm-Const"
-    return name + _extras(wrappers, frozenset({"mpes", "norm_constraint"}))
+    return name + _extras(wrappers, frozenset({"mpes", "norm_constraint", "prev_edit_keys"}))
 
 
 def seed004_table1_method(algo: str, wrappers: frozenset[str]) -> str:
     """Seed 004 Table 1 rows are per algorithm; MPES splits the columns, not the rows."""
-    return algo_label(algo) + _extras(wrappers, frozenset({"mpes"}))
+    return algo_label(algo) + _extras(wrappers, frozenset({"mpes", "prev_edit_keys"}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -544,6 +548,9 @@ _SEED004_WRAPPERS = (
     frozenset({"mpes"}),
     frozenset({"norm_constraint"}),
     frozenset({"mpes", "norm_constraint"}),
+    frozenset({"prev_edit_keys"}),
+    frozenset({"mpes", "prev_edit_keys"}),
+    frozenset({"norm_constraint", "prev_edit_keys"}),
     frozenset({"encore"}),
 )
 _SEED004_MODEL_ORDER = ("model", ("gpt2-xl", "llama2-7b", "llama3-8b"))
@@ -568,7 +575,7 @@ _SEED004_TABLE1 = Layout(
     ),
     datasets=_COUNTERFACT,
     algos=_SEED004_ALGOS,
-    wrapper_sets=(frozenset(), frozenset({"mpes"})),
+    wrapper_sets=(frozenset(), frozenset({"mpes"}), frozenset({"prev_edit_keys"}), frozenset({"mpes", "prev_edit_keys"})),
     method=seed004_table1_method,
     row_fields=("method", "model"),
     where=_SEQUENTIAL,

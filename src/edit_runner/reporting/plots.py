@@ -1,7 +1,7 @@
 """Plots of tracked series (issue 5): every metric vs number of edits, per-layer norm growth, forgetting.
 
 Input is tidy rows ``{"num_edits": int, "metric": str, "value": float}`` with optional ``"layer"``,
-``"task"`` and ``"family"`` keys (:func:`series_rows` builds them). Figures are drawn on
+``"task"`` and ``"family"`` keys (:func:`edit_runner.evaluation.series.series_rows` builds them). Figures are drawn on
 ``matplotlib.figure.Figure`` objects with the Agg canvas, so no pyplot state or global backend is
 touched, and every figure is released after saving.
 
@@ -25,28 +25,6 @@ from pathlib import Path
 from typing import Any
 
 _FORGETTING_METRICS = {"retained", "forgotten"}
-
-
-def series_rows(
-    num_edits: int,
-    values: Mapping[str, float],
-    *,
-    layer: str | None = None,
-    task: str | None = None,
-    family: str | None = None,
-) -> list[dict[str, Any]]:
-    """Tidy rows for one evaluation point: one row per ``metric -> value`` of ``values``."""
-    rows = []
-    for metric, value in values.items():
-        row: dict[str, Any] = {"num_edits": int(num_edits), "metric": str(metric), "value": float(value)}
-        if layer is not None:
-            row["layer"] = layer
-        if task is not None:
-            row["task"] = task
-        if family is not None:
-            row["family"] = family
-        rows.append(row)
-    return rows
 
 
 def _safe(name: str) -> str:

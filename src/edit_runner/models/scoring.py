@@ -1,4 +1,4 @@
-"""The one batched target scorer every metric uses: teacher-forced log-probs and argmax flags.
+"""The one batched target scorer of metrics and editing checks: teacher-forced log-probs and argmax flags.
 
 Given ``(prompt text, target token ids)`` pairs, each prompt is tokenized as the tokenizer does
 by default (special tokens included, so a BOS-adding tokenizer such as Llama's gets its BOS),
@@ -8,7 +8,8 @@ prediction is read at position ``P + j - 1`` (teacher forcing), exactly as
 ``test_batch_prediction`` of kmeng01/memit does (SPEC Part C §11.1).
 
 Pairs are sorted by length before batching (less padding) and scattered back afterwards; the
-only Python loop around forward passes is the loop over batches.
+only Python loop around forward passes is the loop over batches. :func:`next_token_logprobs` is
+the single-token case for many candidate tokens after one prefix (downstream label words).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from edit_runner.errors import DataError
+from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of, right_padded
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,7 @@ class TargetScore:
         return sum(self.is_argmax) / len(self.is_argmax)
 
 
-def pad_id_of(tokenizer) -> int:
-    """The id used for right padding: the pad token, else EOS, else 0 (pads are never scored)."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
-
-
-def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text with the special tokens the tokenizer adds by default (e.g. a BOS)."""
     if not texts:
         return []
@@ -77,22 +72,13 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [list(map(int, ids)) for ids in encoded]
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+def _logits_to_keep_kwarg(model: torch.nn.Module) -> str | None:
+    """The forward argument that limits the LM head to the last positions (its name changed in transformers 4.50)."""
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
-        return False
-
-
-def _right_padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, ids in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
-        mask[i, : len(ids)] = 1
-    positions = torch.arange(width, dtype=torch.long).unsqueeze(0).expand(len(rows), width).contiguous()
-    return input_ids.to(device), mask.to(device), positions.to(device)
+        return None
+    return next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None)
 
 
 def forward_logits(
@@ -108,15 +94,35 @@ def forward_logits(
     ``logits_to_keep`` only the needed positions go through the LM head.
     """
     device = next(model.parameters()).device
-    input_ids, mask, positions = _right_padded(rows, pad_id, device)
+    input_ids, mask, positions = right_padded(rows, pad_id, device)
     kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     keep_from = max(0, first_position)
-    if keep_from > 0 and _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = torch.arange(keep_from, input_ids.shape[1], device=device)
-        logits = model(**kwargs).logits
-        return logits
-    logits = model(**kwargs).logits
-    return logits[:, keep_from:]
+    keep_kwarg = _logits_to_keep_kwarg(model) if keep_from > 0 else None
+    if keep_kwarg is not None:
+        kwargs[keep_kwarg] = input_ids.shape[1] - keep_from
+        return model(**kwargs).logits
+    return model(**kwargs).logits[:, keep_from:]
+
+
+def last_token_logits(model: torch.nn.Module, rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Logits after every row's last token, ``(rows, vocab)``, from one left-padded pass.
+
+    Left padding puts every row's last token in the last column, so only that column goes through
+    the LM head; explicit position ids (``0..len-1`` over the real tokens) and the attention mask
+    make each row's result that of the unpadded row.
+    """
+    device = next(model.parameters()).device
+    input_ids, mask, positions = left_padded(rows, pad_id, device)
+    kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+    keep_kwarg = _logits_to_keep_kwarg(model)
+    if keep_kwarg is not None:
+        kwargs[keep_kwarg] = 1
+    return model(**kwargs).logits[:, -1]
+
+
+def _check_non_empty(prefixes: Sequence[Sequence[int]]) -> None:
+    if not all(prefixes):
+        raise DataError("a prompt tokenizes to no tokens and the tokenizer adds no BOS; give a non-empty prompt")
 
 
 @torch.no_grad()
@@ -134,17 +140,11 @@ def score_token_sequences(
     """
     if len(prefixes) != len(targets):
         raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for prefix, target in zip(prefixes, targets):
-        if not prefix:
-            raise DataError("a prompt tokenizes to no tokens and the tokenizer adds no BOS; give a non-empty prompt")
-        if not target:
-            raise DataError("a target has no tokens; give a non-empty target")
-    order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]) + len(targets[i]))
+    _check_non_empty(prefixes)
+    if not all(targets):
+        raise DataError("a target has no tokens; give a non-empty target")
     results: list[TargetScore | None] = [None] * len(prefixes)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_chunks([len(p) + len(t) for p, t in zip(prefixes, targets)], batch_size):
         rows = [list(prefixes[i]) + list(targets[i]) for i in chunk]
         first = min(len(prefixes[i]) for i in chunk) - 1
         logits = forward_logits(model, rows, pad_id, first_position=first)
@@ -181,7 +181,7 @@ def score_token_sequences(
 
 def score_targets(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: Any,
     prompts: Sequence[str],
     targets: Sequence[Sequence[int]],
     batch_size: int = 64,
@@ -207,15 +207,15 @@ def score_targets(
 @torch.no_grad()
 def greedy_next_tokens(
     model: torch.nn.Module,
-    tokenizer,
+    tokenizer: Any,
     prompts: Sequence[str],
     n: int,
     batch_size: int = 64,
 ) -> list[list[int]]:
-    """Greedy continuation (``n`` new token ids) of every prompt, in right-padded batches.
+    """Greedy continuation (``n`` new token ids) of every prompt, in batches (:func:`last_token_logits`).
 
-    No KV cache: each of the ``n`` steps re-runs the batch, writing each row's argmax at its own
-    next position. Meant for short continuations (checking facts, pre-edit predictions).
+    No KV cache: each of the ``n`` steps re-runs the batch and appends each row's argmax. Meant for
+    short continuations (checking facts, pre-edit predictions).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -227,18 +227,36 @@ def greedy_next_tokens(
     results: list[list[int]] = [[] for _ in prompts]
     if n == 0:
         return results
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_chunks([len(ids) for ids in encoded], batch_size):
         rows = [list(encoded[i]) for i in chunk]
         for _ in range(n):
-            first = min(len(r) for r in rows) - 1
-            logits = forward_logits(model, rows, pad, first_position=first)
-            device = logits.device
-            last = torch.tensor([len(r) - 1 - first for r in rows], device=device)
-            picks = logits[torch.arange(len(rows), device=device), last].argmax(dim=-1).cpu().tolist()
+            picks = last_token_logits(model, rows, pad).argmax(dim=-1).cpu().tolist()
             for r, token in zip(rows, picks):
                 r.append(int(token))
         for i, r in zip(chunk, rows):
             results[i] = r[len(encoded[i]) :]
     return results
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model: torch.nn.Module,
+    prefixes: Sequence[Sequence[int]],
+    token_ids: Sequence[int],
+    batch_size: int = 64,
+    pad_id: int = 0,
+) -> torch.Tensor:
+    """``log p(token_ids[k] | prefixes[i])`` as a float64 ``(len(prefixes), len(token_ids))`` tensor.
+
+    The single-token case of :func:`score_token_sequences` for several candidate tokens after the
+    same prefix: one pass per batch of prefixes (:func:`last_token_logits`) scores every candidate.
+    """
+    _check_non_empty(prefixes)
+    out = torch.zeros((len(prefixes), len(token_ids)), dtype=torch.float64)
+    if not prefixes or not token_ids:
+        return out
+    for chunk in length_sorted_chunks([len(p) for p in prefixes], batch_size):
+        logits = last_token_logits(model, [prefixes[i] for i in chunk], pad_id)
+        wanted = torch.tensor(list(token_ids), device=logits.device)
+        out[torch.tensor(chunk)] = torch.log_softmax(logits.float(), dim=-1)[:, wanted].double().cpu()
+    return out
