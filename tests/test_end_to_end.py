@@ -6,6 +6,9 @@ These are the slow tests (a few minutes each on 2 CPU cores); each algorithm run
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,38 @@ FAST = ["progress=false", "eval.perplexity=true"]
 
 
 @pytest.fixture(scope="session")
-def default_summary(tmp_path_factory) -> dict:
-    """The default job (`edit-run` with no arguments): ROME on SmolLM2 over 10 demo facts."""
-    return run_job(FAST, tmp_path_factory.mktemp("default"))
+def default_job(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The default job exactly as a new user runs it: ``edit-run`` with no arguments, in a fresh directory."""
+    cwd = tmp_path_factory.mktemp("default")
+    env = {k: v for k, v in os.environ.items() if k != "EDIT_RUNNER_OUTPUTS"}
+    cli = Path(sys.executable).with_name("edit-run")
+    done = subprocess.run([str(cli)], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done, cwd / "outputs" / "runs" / "rome-smollm2-135m-demo" / "default"
+
+
+@pytest.fixture(scope="session")
+def default_summary(default_job) -> dict:
+    """The default job's ``summary.json``."""
+    return json.loads((default_job[1] / "summary.json").read_text())
+
+
+def test_default_job_prints_and_writes_what_the_readme_says(default_job, default_summary: dict) -> None:
+    done, run_dir = default_job
+    out = done.stdout
+    assert "edits in 1 step(s)" in out and "torch thread(s)" in out
+    assert "efficacy_success" in out and "rome [] on smollm2-135m — 10 edits (batched" in out
+    for name in ("summary.json", "records.jsonl", "steps.jsonl", "resolved_config.yaml", "checkpoint/state.json"):
+        assert (run_dir / name).is_file(), name
+    assert default_summary["environment"]["num_threads"] >= 1
+    rows = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    assert [r["eval"] for r in rows].count("pre") == 10 and [r["eval"] for r in rows].count("end") == 10
+    assert "FutureWarning" not in done.stderr and "deprecated" not in done.stderr
+    # a second launch finds the finished run and does not edit again
+    env = {k: v for k, v in os.environ.items() if k != "EDIT_RUNNER_OUTPUTS"}
+    cli = str(Path(sys.executable).with_name("edit-run"))
+    again = subprocess.run([cli], check=False, cwd=run_dir.parents[3], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already complete" in again.stdout
 
 
 def test_default_run_flips_demo_facts(default_summary: dict) -> None:

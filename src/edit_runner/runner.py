@@ -11,21 +11,12 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from edit_runner.config import RunConfig, config_hash, config_yaml
 from edit_runner.data.record import EditRecord
@@ -44,6 +35,7 @@ from edit_runner.models.layout import num_layers
 from edit_runner.models.loading import LoadedModel, load_model
 from edit_runner.paths import default_cache_dir
 from edit_runner.plan import RunPlan, plan_run
+from edit_runner.progress import RunProgress, throttled
 from edit_runner.results import RunOutcome, build_summary, print_summary
 from edit_runner.run_state import (
     CheckpointPolicy,
@@ -70,14 +62,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def progress_bar(console: Console, enabled: bool) -> Progress:
-    """A rich progress display with rate and ETA (disabled → a no-op display)."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"), console=console, disable=not enabled, transient=True,
-    )
 
 
 class RunLogs:
@@ -126,20 +110,30 @@ class Runner:
         threads = configure_threads(cfg.num_threads)
         seed_everything(int(cfg.seed))
         started = time.perf_counter()
-        loaded = self._load_model()
+        with RunProgress(self.console, cfg.progress) as progress:
+            summary = self._run(plan, threads, started, progress)
+        print_summary(self.console, summary)
+        return summary
+
+    def _run(self, plan: RunPlan, threads: int, started: float, progress: RunProgress) -> dict[str, Any]:
+        cfg = self.cfg
+        with progress.stage(f"loading {cfg.model.name}"):
+            loaded = self._load_model()
         meta, tensors = self._checkpoint()
-        templates = self._templates(loaded, plan, meta)
-        covariance = self._covariance(loaded, plan)
+        with progress.stage("context templates"):
+            templates = self._templates(loaded, plan, meta)
+        covariance = self._covariance(loaded, plan, progress)
         self.console.print(f"[dim]{len(plan.records)} edits in {len(plan.steps)} step(s); {threads} torch thread(s)[/dim]")
         plan = self._prepare(loaded, plan)
-        evaluate = self._evaluator(loaded)
+        pre_rows: list[dict] | None = None
         builder = EditorBuilder(loaded, plan.spec, plan.config, templates, covariance, evaluate=lambda records: self._metrics(loaded, records, pre_rows))
         for wrapper in plan.wrappers:
             wrapper.install(builder)
         editor = builder.build()
         if meta is None:
             self.logs.reset()
-            state, pre_rows = self._fresh_state(loaded, plan, evaluate)
+            with progress.stage("pre-edit evaluation"):
+                state, pre_rows = self._fresh_state(loaded, plan)
         else:
             state = RunState.from_json(meta["state"])
             self.logs.reset(state.offsets)
@@ -148,15 +142,17 @@ class Runner:
         tracker = HealthTracker(cfg.eval, int(cfg.seed), editor.modules, editor.original, state.pre.get("perplexity"), self.logs.health.append)
         if meta is None:
             if cfg.eval.every_n_edits:
-                state.health_initial = tracker.measure(loaded.model, loaded.tokenizer, 0, [])
+                with progress.stage("health before editing"):
+                    state.health_initial = tracker.measure(loaded.model, loaded.tokenizer, 0, [])
         else:
             self._restore(loaded, editor, tracker, state, meta, tensors)
             self.console.print(f"[yellow]resuming[/yellow] after step {state.completed_steps} of {len(plan.steps)}")
-        self._loop(plan, loaded, editor, tracker, state, easyedit_pre)
-        post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
-        post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
-        if cfg.eval.fluency:
-            post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
+        self._loop(plan, loaded, editor, tracker, state, easyedit_pre, progress)
+        with progress.stage("post-edit evaluation"):
+            post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
+            post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
+            if cfg.eval.fluency:
+                post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
         self.logs.records.append([{**r, "eval": "end"} for r in post_rows])
         outcome = RunOutcome(
             revision=loaded.revision, metric_definition=self.metric_definition, pre=state.pre, post=post, post_rows=post_rows,
@@ -167,7 +163,6 @@ class Runner:
         summary = build_summary(cfg, plan, outcome, self.overrides)
         self._write_plots()
         atomic_write_json(self.run_dir / "summary.json", summary)
-        print_summary(self.console, summary)
         return summary
 
     # ------------------------------------------------------------------ pieces
@@ -218,7 +213,7 @@ class Runner:
             [list(x) for x in plan.config.context_template_length_params],
         )
 
-    def _covariance(self, loaded: LoadedModel, plan: RunPlan) -> CovarianceCache | None:
+    def _covariance(self, loaded: LoadedModel, plan: RunPlan, progress: RunProgress) -> CovarianceCache | None:
         if not plan.spec.needs_covariance(plan.config):
             return None
         cfg = self.cfg
@@ -226,9 +221,11 @@ class Runner:
             cfg.stats, int(plan.config.mom2_n_samples), str(plan.config.mom2_dtype), cfg.model.max_length, loaded, self.cache_dir
         )
         modules = [loaded.layout.mlp_out.format(int(layer)) for layer in sorted(plan.config.layers)]
-        with progress_bar(self.console, cfg.progress) as progress:
-            task = progress.add_task("covariance statistics", total=None, status="")
-            covariance.ensure(loaded.model, loaded.tokenizer, modules, progress=lambda items: progress.track(items, task_id=task))
+        with progress.stage("covariance statistics") as task:
+            covariance.ensure(
+                loaded.model, loaded.tokenizer, modules,
+                progress=lambda batches: task.track(batches, "samples", int(cfg.stats.batch_size)),
+            )
         return covariance
 
     def _prepare(self, loaded: LoadedModel, plan: RunPlan) -> RunPlan:
@@ -237,12 +234,6 @@ class Runner:
             context = PrepareContext(loaded.model, loaded.tokenizer, records, self.cfg.eval.batch_size, self.console.print)
             records = wrapper.prepare(context)
         return plan if records is plan.records else plan.with_records(records)
-
-    def _evaluator(self, loaded: LoadedModel) -> Callable[[list[EditRecord], list[dict] | None], list[dict[str, Any]]]:
-        def evaluate(records: list[EditRecord], pre_rows: list[dict] | None = None) -> list[dict[str, Any]]:
-            return evaluate_records(loaded.model, loaded.tokenizer, records, self.metric_definition, self.cfg.eval.batch_size, pre_rows)
-
-        return evaluate
 
     def _metrics(self, loaded: LoadedModel, records: list[EditRecord], pre_rows: list[dict] | None) -> dict[str, Any]:
         easyedit_pre = pre_rows if self.metric_definition == "easyedit" else None
@@ -267,29 +258,35 @@ class Runner:
                 metrics["me_ppl_50"] = ppl["perplexity"]
         return metrics
 
-    def _fresh_state(self, loaded: LoadedModel, plan: RunPlan, evaluate: Callable) -> tuple[RunState, list[dict] | None]:
+    def _fresh_state(self, loaded: LoadedModel, plan: RunPlan) -> tuple[RunState, list[dict] | None]:
         state = RunState()
         if not self.cfg.eval.pre:
             return state, None
-        pre_rows = evaluate(plan.records)
+        pre_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, self.cfg.eval.batch_size)
         state.pre = self._with_perplexity(loaded, summarize(pre_rows, self.metric_definition))
         self.logs.records.append([{**r, "eval": "pre"} for r in pre_rows])
         return state, pre_rows
 
     def _loop(
-        self, plan: RunPlan, loaded: LoadedModel, editor: Editor, tracker: HealthTracker, state: RunState, easyedit_pre: list | None
+        self, plan: RunPlan, loaded: LoadedModel, editor: Editor, tracker: HealthTracker, state: RunState, easyedit_pre: list | None,
+        progress: RunProgress,
     ) -> None:
         cfg = self.cfg
         every = cfg.eval.every_n_edits
-        total = len(plan.records)
-        schedule = Schedule(int(every), total) if every else None
+        schedule = Schedule(int(every), len(plan.records)) if every else None
         done_edits = sum(len(s) for s in plan.steps[: state.completed_steps])
         policy = CheckpointPolicy(cfg.protocol.checkpoint_every, cfg.protocol.checkpoint_minutes, cfg.protocol.checkpoint_max_overhead)
-        with progress_bar(self.console, cfg.progress) as progress, PreemptionGuard() as guard:
-            task = progress.add_task(f"{plan.spec.name} steps", total=len(plan.steps), completed=state.completed_steps, status="")
+        with progress.stage(f"{plan.spec.name} steps", total=len(plan.steps)) as steps, PreemptionGuard() as guard:
+            steps.update(completed=state.completed_steps)
             for index in range(state.completed_steps, len(plan.steps)):
                 batch = plan.steps[index]
-                report = editor.edit(batch)
+                with progress.stage("optimization (records)", total=len(batch)) as optimizing:
+                    editor.progress = throttled(
+                        lambda done, total, step, num_steps, loss, task=optimizing: task.update(
+                            completed=done, status=f"step {step + 1}/{num_steps} loss {float(loss.mean()):.3f}"
+                        )
+                    )
+                    report = editor.edit(batch)
                 previous = done_edits
                 done_edits += len(batch)
                 step_row: dict[str, Any] = {
@@ -298,13 +295,15 @@ class Runner:
                     "iterations": report.iterations,
                 }
                 if cfg.protocol.eval_each_step:
-                    rows = evaluate_records(loaded.model, loaded.tokenizer, batch, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
+                    with progress.stage("after-step evaluation"):
+                        rows = evaluate_records(loaded.model, loaded.tokenizer, batch, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
                     step_row["metrics"] = summarize(rows, self.metric_definition)
                     tracker.note_step_rows(rows)
                     self.logs.records.append([{**r, "step": index, "eval": "after_step"} for r in rows])
                 if schedule is not None and schedule.fires(done_edits, previous):
                     edited = [r for s in plan.steps[: index + 1] for r in s]
-                    step_row["health"] = tracker.measure(loaded.model, loaded.tokenizer, done_edits, edited)
+                    with progress.stage(f"health at {done_edits} edits"):
+                        step_row["health"] = tracker.measure(loaded.model, loaded.tokenizer, done_edits, edited)
                 self.logs.steps.append([step_row])
                 state.completed_steps = index + 1
                 _log().info("step %d/%d done (%d edits so far): %s", index + 1, len(plan.steps), done_edits, dict(report.seconds))
@@ -315,7 +314,7 @@ class Runner:
                     if guard.pending is not None:
                         self.console.print(f"[yellow]checkpointed after step {index + 1}; handing on signal {guard.pending}[/yellow]")
                         guard.forward()
-                progress.advance(task)
+                steps.update(completed=index + 1)
 
     # ------------------------------------------------------------------ checkpoint
     def _save_checkpoint(self, editor: Editor, tracker: HealthTracker, state: RunState) -> None:

@@ -35,6 +35,8 @@ from edit_runner.models.layout import add_to_weight, weight_matrix
 from edit_runner.models.loading import LoadedModel
 
 Snapshot = dict[str, Any]
+#: ``progress(records_done, records_total, step, num_steps, loss)`` during the optimization stage.
+EditProgress = Callable[[int, int, int, int, torch.Tensor], None]
 
 
 @dataclass
@@ -108,6 +110,7 @@ class EditorBuilder:
         self.residual_once = False
         self.outer: OuterLoop | None = None
         self.optimization: dict[str, Any] = {}
+        self.progress: EditProgress | None = None
 
     def weight_offset(self, layer: int) -> torch.Tensor:
         """``W − W₀`` of ``layer``'s rewrite module (float64, math layout)."""
@@ -150,19 +153,22 @@ class Editor:
         self.residual_once = builder.residual_once
         self.outer = builder.outer
         self.optimization = dict(builder.optimization)
+        self.progress = builder.progress
 
     # ----- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Checkpointable run state: the solver's and each spread term's (tensors only)."""
+        """Checkpointable run state: the solver's (or direct editor's) and each spread term's (tensors only)."""
+        method = self.solver if self.solver is not None else self.direct
         return {
-            "solver": self.solver.state_dict() if self.solver is not None else {},
+            "solver": method.state_dict() if method is not None else {},
             "terms": {name: term.state_dict() for name, term in self.spread_terms.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        if self.solver is not None:
-            self.solver.load_state_dict(state["solver"])
+        method = self.solver if self.solver is not None else self.direct
+        if method is not None:
+            method.load_state_dict(state["solver"])
         for name, term in self.spread_terms.items():
             term.load_state_dict(state["terms"][name])
 
@@ -205,9 +211,12 @@ class Editor:
         )
         return dataclasses.replace(settings, **self.optimization)
 
-    def _optimize(self, records: list[EditRecord], sites: tuple[str, ...], report: StepReport) -> TargetResult:
+    def _optimize(self, records: list[EditRecord], sites: tuple[str, ...], report: StepReport, offset: int, total: int) -> TargetResult:
         start = time.perf_counter()
-        result = optimize_targets(self.model, self.tokenizer, records, self.templates, self._settings(sites), self.extra_rows, self.stop_rules)
+        settings = self._settings(sites)
+        shown = self.progress
+        progress = None if shown is None else (lambda done, step, loss: shown(offset + done, total, step, settings.num_steps, loss))
+        result = optimize_targets(self.model, self.tokenizer, records, self.templates, settings, self.extra_rows, self.stop_rules, progress)
         report.seconds["target"] += time.perf_counter() - start
         report.steps += result.steps.tolist()
         report.init_nll += result.init_nll.tolist()
@@ -218,8 +227,10 @@ class Editor:
     def _single_pass(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
         for hook in self.before_pass:
             hook()
-        groups = [[record] for record in records] if self.spec.one_edit_per_pass else [records]
-        return torch.cat([self._optimize_and_spread(group, report) for group in groups])
+        size = 1 if self.spec.one_edit_per_pass else len(records)
+        return torch.cat(
+            [self._optimize_and_spread(records[i : i + size], report, i, len(records)) for i in range(0, len(records), size)]
+        )
 
     def _measure(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
         start = time.perf_counter()
@@ -227,12 +238,12 @@ class Editor:
         report.seconds["measure"] += time.perf_counter() - start
         return nll
 
-    def _optimize_and_spread(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
+    def _optimize_and_spread(self, records: list[EditRecord], report: StepReport, offset: int, total: int) -> torch.Tensor:
         assert self.solver is not None
         solver = self.solver
         z_layer = self.layers[-1]
         sites = self.spec.sites(self.layout, z_layer)
-        targets = self._optimize(records, sites, report)
+        targets = self._optimize(records, sites, report, offset, total)
         z = targets.z[sites[0]]
         probe = LayerProbe(self.model, self.tokenizer, self.layout, self.templates, records)
         fixed = z - solver.current(probe, z_layer, None) if self.residual_once else None

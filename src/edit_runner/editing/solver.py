@@ -121,10 +121,22 @@ class SpreadTerm(Protocol):
 
 
 class DirectEditor(Protocol):
-    """A method without the two stages (fine-tuning): it edits the rewrite modules' parameters itself."""
+    """A method without the two stages (fine-tuning, codebook or neuron editors): it edits the model itself.
+
+    ``params`` are the rewrite modules' weights and biases (what fine-tuning trains); a method
+    that edits elsewhere ignores them. Its run state (e.g. a codebook) round-trips through
+    :meth:`state_dict`, and the modules it changes are listed by :meth:`touched_modules` so a
+    checkpoint saves them.
+    """
 
     def edit(self, model: torch.nn.Module, tokenizer: Any, records: list[EditRecord], params: list[torch.nn.Parameter]) -> dict[str, float]:
-        """Edit ``params`` in place for ``records``; returns per-step statistics."""
+        """Edit the model in place for ``records``; returns per-step statistics."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Checkpointable state (tensors only)."""
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`."""
 
 
 def stateless() -> dict[str, Tensor]:

@@ -9,6 +9,7 @@ stop rule is frozen. Wrappers plug in as extra loss rows (NA/NAP) and stop rules
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -152,7 +153,12 @@ def _segment_all(flags: torch.Tensor, segments: torch.Tensor, num: int) -> torch
     return bad == 0
 
 
-def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, stop_rules) -> TargetResult:
+#: ``progress(records_done, step, loss)``: called once per Adam step; ``loss`` is the detached per-record
+#: loss tensor (convert it only when shown: the conversion is a host sync).
+TargetProgress = Callable[[int, int, torch.Tensor], None]
+
+
+def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, stop_rules, progress=None, done=0) -> TargetResult:
     device = next(model.parameters()).device
     m = len(records)
     rows = rewrite_rows(records, templates, tokenizer)
@@ -235,6 +241,8 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
         if step == settings.num_steps - 1:
             stop[:] = True
         active &= ~stop
+        if progress is not None:
+            progress(done, step, loss.detach())
         if not active.any():
             break
         (loss * active).sum().backward()
@@ -266,6 +274,7 @@ def optimize_targets(
     settings: OptimizationSettings,
     extra_rows: tuple[ExtraRows, ...] = (),
     stop_rules: tuple[StopRule, ...] = (),
+    progress: TargetProgress | None = None,
 ) -> TargetResult:
     """Optimize the target vectors of ``records`` in chunks of ``settings.chunk`` records.
 
@@ -273,7 +282,7 @@ def optimize_targets(
     and the rewrite NLL at the first (δ = 0) and last evaluated step (for p̄ of iterative editing).
     """
     parts = [
-        _optimize_chunk(model, tokenizer, records[i : i + settings.chunk], templates, settings, extra_rows, stop_rules)
+        _optimize_chunk(model, tokenizer, records[i : i + settings.chunk], templates, settings, extra_rows, stop_rules, progress, i)
         for i in range(0, len(records), settings.chunk)
     ]
     cat = lambda key: {s: torch.cat([getattr(p, key)[s] for p in parts], dim=1) for s in settings.sites}

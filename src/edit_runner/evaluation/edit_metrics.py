@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from enum import Enum
 from typing import Any
 
 import torch
 
+from edit_runner.config import MetricDefinition
 from edit_runner.data.record import EditRecord, RecordKind
 from edit_runner.models.scoring import TargetScore, score_targets
 from edit_runner.models.tokens import target_token_ids
@@ -60,13 +60,6 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "score_accuracy",
 )
 MAGNITUDE_KEYS: tuple[str, ...] = ("efficacy_magnitude", "generalization_magnitude", "specificity_magnitude")
-
-
-class MetricDefinition(str, Enum):
-    """Which reference's metric definitions to compute (SPEC Part B §8)."""
-
-    memit = "memit"
-    easyedit = "easyedit"
 
 
 def _definition(definition: str | MetricDefinition) -> MetricDefinition:

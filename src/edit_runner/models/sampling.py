@@ -3,6 +3,7 @@ and greedy generation on left-padded batches (fluency, downstream generation pro
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,12 @@ import torch
 
 from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of
 from edit_runner.models.scoring import encode_texts
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The KV-cache argument (and output field) name of ``model.forward``: ``cache`` on current
+    transformers, ``past_key_values`` on older releases."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -23,11 +30,12 @@ def sample_top_k(
     """
     device = next(model.parameters()).device
     sequence = start_ids.to(device)
-    past = None
+    key = cache_keyword(model)
+    past: dict[str, Any] = {}
     step_input = sequence
     for _ in range(num_new_tokens):
-        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_input, use_cache=True, **past)
+        past = {key: out[key]}
         top_p, top_i = torch.softmax(out.logits[:, -1].float(), dim=-1).topk(top_k, dim=-1)
         pick = torch.multinomial((top_p / top_p.sum(-1, keepdim=True)).cpu(), 1, generator=generator).to(device)
         step_input = top_i.gather(1, pick)

@@ -99,7 +99,9 @@ def forward_logits(
     keep_from = max(0, first_position)
     keep_kwarg = _logits_to_keep_kwarg(model) if keep_from > 0 else None
     if keep_kwarg is not None:
-        kwargs[keep_kwarg] = input_ids.shape[1] - keep_from
+        count = input_ids.shape[1] - keep_from
+        # the index form keeps exactly the numbers of a full LM-head pass; older releases take a count
+        kwargs[keep_kwarg] = torch.arange(keep_from, input_ids.shape[1], device=device) if keep_kwarg == "logits_to_keep" else count
         return model(**kwargs).logits
     return model(**kwargs).logits[:, keep_from:]
 

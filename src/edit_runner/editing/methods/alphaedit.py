@@ -25,7 +25,9 @@ class AlphaEditConfig(TwoStageConfig):
 class AlphaEditSolver:
     """``ΔW = R Kᵀ P (K_p K_pᵀ P + K Kᵀ P + (l2 + λ_n) I)⁻¹``; run state: the key history ``Σ K_p K_pᵀ`` per layer.
 
-    The projector ``P`` is derived from ``C`` (recomputed after a resume, not checkpointed).
+    The projector ``P`` is derived from ``C`` (recomputed after a resume, not checkpointed). The
+    history stays on the keys' device (float64, ``d_in × d_in`` per layer) and leaves it only when a
+    checkpoint is written.
     """
 
     accepts: frozenset[str] = frozenset({"identity"})
@@ -62,7 +64,9 @@ class AlphaEditSolver:
         """Add the step's keys, re-measured on the edited model, to each layer's history."""
         for layer in layers:
             keys = probe.keys(layer)
-            self.key_history[layer] = self.key_history.get(layer, 0) + (keys @ keys.T).cpu()
+            kkt = keys @ keys.T
+            previous = self.key_history.get(layer)
+            self.key_history[layer] = kkt if previous is None else previous.to(kkt.device) + kkt
 
     def state_dict(self) -> dict[str, Tensor]:
         """The key histories, ``key_history.<layer>``."""

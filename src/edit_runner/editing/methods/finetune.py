@@ -10,6 +10,7 @@ import torch
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.algorithms import ALGORITHMS, AlgorithmSpec
 from edit_runner.editing.finetune import FinetuneSettings, finetune
+from edit_runner.editing.solver import stateless
 
 
 @dataclass
@@ -39,6 +40,13 @@ class FinetuneEditor:
     def edit(self, model: torch.nn.Module, tokenizer: Any, records: list[EditRecord], params: list[torch.nn.Parameter]) -> dict[str, float]:
         """Fine-tune ``params`` on ``records``."""
         return finetune(model, tokenizer, records, params, self.settings)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fine-tuning keeps no state beyond the weights."""
+        return stateless()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Fine-tuning keeps no state beyond the weights."""
 
 
 for _name in ("ft", "ft_c"):

@@ -56,9 +56,9 @@ class RunningSumsSolver:
     def delta(self, layer: int, K: Tensor, R: Tensor, C: Tensor | None, terms: SpreadTerms) -> Tensor:
         """Cumulative solution over every step so far, minus the layer's current offset ``W − W₀``."""
         assert C is not None
-        self.sums.add(layer, K.cpu(), R.cpu())
+        self.sums.add(layer, K, R)
         preservation = self.inner.preservation(C, terms)  # type: ignore[attr-defined]
-        cumulative = self.sums.delta(layer, preservation.cpu()).to(K.device)
+        cumulative = self.sums.delta(layer, preservation)
         return cumulative - self.offset(layer).to(K.device)
 
     def after_step(self, probe: LayerProbe, layers: list[int]) -> None:

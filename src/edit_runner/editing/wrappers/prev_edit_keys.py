@@ -22,7 +22,7 @@ class PrevEditKeysConfig:
 
 
 class KeyMemoryTerm:
-    """Per layer ``Σ_p K_p K_pᵀ`` of the keys solved for so far (float64, on the CPU between steps)."""
+    """Per layer ``Σ_p K_p K_pᵀ`` of the keys solved for so far (float64, kept on the keys' device)."""
 
     term = "kkt"
 
@@ -36,8 +36,8 @@ class KeyMemoryTerm:
 
     def after_layer(self, layer: int, K: Tensor) -> None:
         """Remember this step's keys."""
-        kkt = (K @ K.T).cpu()
-        self.memory[layer] = self.memory[layer] + kkt if layer in self.memory else kkt
+        kkt = K @ K.T
+        self.memory[layer] = self.memory[layer].to(kkt.device) + kkt if layer in self.memory else kkt
 
     def state_dict(self) -> dict[str, Tensor]:
         """``kkt.<layer>`` copies."""
