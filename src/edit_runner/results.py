@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edit_runner.config import RunConfig, config_hash
+from edit_runner.evaluation.health import CATASTROPHIC_FORGETTING_RULE, catastrophic_forgetting_point
 from edit_runner.plan import RunPlan
 from edit_runner.provenance import provenance
 
@@ -26,13 +27,17 @@ SUMMARY_METRICS = (
 
 @dataclass
 class RunOutcome:
-    """What the runner measured, handed to :func:`build_summary`."""
+    """What the runner measured, handed to :func:`build_summary`: the per-record rows of the unedited
+    model (``pre_rows``, empty without ``eval.pre``), right after each record's own step
+    (``after_step_rows``, empty without ``protocol.eval_each_step``) and at the end (``post_rows``)."""
 
     revision: str
     metric_definition: str
     pre: dict[str, Any]
     post: dict[str, Any]
     post_rows: list[dict[str, Any]]
+    pre_rows: list[dict[str, Any]]
+    after_step_rows: list[dict[str, Any]]
     steps: list[dict[str, Any]]
     health_initial: dict[str, Any]
     health_alarms: list[dict[str, Any]]
@@ -89,28 +94,58 @@ def build_summary(cfg: RunConfig, plan: RunPlan, outcome: RunOutcome, overrides:
     for wrapper in plan.wrappers:
         wrapper.summarize(summary, steps)
     if outcome.has_health:
+        points = [step["health"] for step in steps if "health" in step]
         summary["health"] = {
             "initial": health_view(outcome.health_initial),
             "final": health_view(steps[-1].get("health", {})),
             "alarms": outcome.health_alarms,
+            "catastrophic_forgetting_at": catastrophic_forgetting_point(outcome.health_initial, points, cfg.eval.me_ppl.alarm_factor),
+            "catastrophic_forgetting_rule": CATASTROPHIC_FORGETTING_RULE,
         }
-    rows = outcome.post_rows
-    if rows and "efficacy_nll_true" in rows[0]:
-        summary["fact_probs"] = {
-            "edited": float(np.mean([np.exp(-np.asarray(r["efficacy_nll_new"])).mean() for r in rows])),
-            "original": float(np.mean([np.exp(-np.asarray(r["efficacy_nll_true"])).mean() for r in rows])),
-            "definition": "mean over edits of the per-token geometric-mean probability on the rewrite prompt, after editing",
-        }
+    fact_probs = fact_probabilities(outcome)
+    if fact_probs:
+        summary["fact_probs"] = fact_probs
     return summary
 
 
+def _mean_probability(rows: list[dict[str, Any]], key: str) -> float:
+    """Mean over records of the mean over prompts of exp(−NLL) (NLL per token: a geometric-mean probability)."""
+    return float(np.mean([np.exp(-np.asarray(r[key], dtype=float)).mean() for r in rows]))
+
+
+def fact_probabilities(outcome: RunOutcome) -> dict[str, Any]:
+    """Seed 004 Table 1's fact probabilities on the rewrite prompt, per token geometric means.
+
+    ``original`` = p(o | prompt) of the unedited model (the pre rows), ``edited`` = p(o* | prompt)
+    right after that fact's own edit (the after-step rows; a one-step run's end rows are the same
+    model). Each is left out when its rows were not measured; empty for zsRE rows (no o).
+    """
+    pre = [r for r in outcome.pre_rows if "efficacy_nll_true" in r]
+    after = [r for r in outcome.after_step_rows if "efficacy_nll_new" in r]
+    if not after and len(outcome.steps) == 1:
+        after = [r for r in outcome.post_rows if "efficacy_nll_new" in r]
+    probs: dict[str, Any] = {}
+    if pre:
+        probs["original"] = _mean_probability(pre, "efficacy_nll_true")
+    if after:
+        probs["edited"] = _mean_probability(after, "efficacy_nll_new")
+    if probs:
+        probs["definition"] = (
+            "mean over edits of the per-token geometric-mean probability on the rewrite prompt: original = p(o) on the "
+            "unedited model, edited = p(o*) right after the fact's own editing step"
+        )
+    return probs
+
+
 def health_view(point: dict[str, Any]) -> dict[str, Any]:
-    """A tracker point with the flat names the report layouts read (forgotten, normalized_distance, f1)."""
+    """A tracker point with the flat names the report layouts read (forgotten, normalized_distance = ‖ΔW‖_F / numel(W),
+    relative_distance = ‖ΔW‖_F / ‖W₀‖_F, f1)."""
     view = dict(point)
     if "forgetting" in point:
         view["forgotten"] = point["forgetting"]["forgotten"]
     if "norms" in point:
         view["normalized_distance"] = {layer: v["normalized_distance"] for layer, v in point["norms"].items()}
+        view["relative_distance"] = {layer: v["relative_distance"] for layer, v in point["norms"].items()}
     if "downstream" in point:
         view["downstream"] = {
             task: {**m, "f1": m.get("gen_f1", m.get("prob_f1")), "accuracy": m.get("gen_accuracy", m.get("prob_accuracy"))}

@@ -156,6 +156,7 @@ class Runner:
         self.logs.records.append([{**r, "eval": "end"} for r in post_rows])
         outcome = RunOutcome(
             revision=loaded.revision, metric_definition=self.metric_definition, pre=state.pre, post=post, post_rows=post_rows,
+            pre_rows=pre_rows or [], after_step_rows=[r for r in self.logs.records.read() if r["eval"] == "after_step"],
             steps=self.logs.steps.read(), health_initial=state.health_initial, health_alarms=tracker.alarms,
             has_health=self.logs.health.lines > 0, templates=templates.to_json(), seconds=time.perf_counter() - started,
             environment={"num_threads": threads, "device": str(next(loaded.model.parameters()).device)},

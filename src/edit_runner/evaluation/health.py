@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,8 +23,11 @@ import torch
 def layer_norm_stats(
     current: Mapping[str, torch.Tensor], original: Mapping[str, torch.Tensor]
 ) -> dict[str, dict[str, float]]:
-    """Per weight name: ``fro`` = ‖W‖_F, ``l1`` = Σ|W|, ``delta_fro`` = ‖W − W₀‖_F and
-    ``normalized_distance`` = ‖W − W₀‖_F / ‖W₀‖_F (``inf`` when W₀ = 0 ≠ W, 0 when both are 0).
+    """Per weight name: ``fro`` = ‖W‖_F, ``l1`` = Σ|W|, ``delta_fro`` = ‖W − W₀‖_F,
+    ``normalized_distance`` = ‖W − W₀‖_F / numel(W) (seed 002 Fig. 2d and Table 2: the authors'
+    ``evaluate_glue.py:get_model_distance`` divides ``torch.norm`` of the difference, the Frobenius
+    norm of the flattened matrix, by its number of elements) and ``relative_distance`` =
+    ‖W − W₀‖_F / ‖W₀‖_F (``inf`` when W₀ = 0 ≠ W, 0 when both are 0).
 
     ``current`` and ``original`` map the same names (e.g. ``"model.layers.4.mlp.down_proj.weight"``)
     to same-shaped tensors; computed in float64 on the tensors' device, returned as Python floats.
@@ -45,14 +49,15 @@ def layer_norm_stats(
         delta = torch.linalg.vector_norm(w - w0).item()
         base_fro = torch.linalg.vector_norm(w0).item()
         if base_fro > 0:
-            normalized = delta / base_fro
+            relative = delta / base_fro
         else:
-            normalized = math.inf if delta > 0 else 0.0
+            relative = math.inf if delta > 0 else 0.0
         stats[name] = {
             "fro": fro,
             "l1": w.abs().sum().item(),
             "delta_fro": delta,
-            "normalized_distance": normalized,
+            "normalized_distance": delta / max(1, w.numel()),
+            "relative_distance": relative,
         }
     return stats
 
@@ -63,25 +68,37 @@ def layer_norm_stats(
 
 
 def forgetting_stats(
-    first_eval: Mapping[Hashable, bool], current_eval: Mapping[Hashable, bool]
-) -> dict[str, float]:
-    """Retention of earlier edits at one evaluation point.
+    first_eval: Mapping[Hashable, bool], current_eval: Mapping[Hashable, bool], forgotten_before: Set[Hashable] = frozenset()
+) -> dict[str, Any]:
+    """Forgetting of earlier edits at one evaluation point, counted cumulatively (seed 002 Fig. 3,
+    the authors' ``downstream_eval/fact_forgetting.py``).
 
-    ``first_eval[case_id]`` is whether the edit succeeded right after its own step; ``current_eval``
-    the outcome of the same edit at this (later) re-evaluation. Among the edits that first succeeded
-    and are re-evaluated now (``num_evaluated`` of them): ``retained`` = share still successful,
-    ``forgotten`` = share now failing (both NaN when there is none). ``num_first_successful`` counts
-    the first-successful edits, re-evaluated or not.
+    ``first_eval[case_id]`` is whether the edit succeeded (argmax-correct) right after its own step;
+    ``current_eval`` the outcome of the same edit at this (later) re-evaluation; ``forgotten_before``
+    the edits already counted as forgotten at an earlier point. An edit is forgotten from the first
+    re-evaluation at which it fails after it first succeeded, and stays forgotten even if a later
+    re-evaluation finds it correct again. With ``S`` = the first-successful edits among
+    ``first_eval`` (``num_first_successful``) and ``F`` = those forgotten so far (``num_forgotten``):
+    ``forgotten`` = |F| / |S| (the paper's "% facts forgotten", over correct edits; NaN for S = ∅),
+    ``retained`` = 1 − ``forgotten``. ``currently_failing`` = share of the re-evaluated
+    first-successful edits failing now (the non-cumulative rate; NaN when none is re-evaluated).
+    ``forgotten_ids`` is the updated set F, to pass as ``forgotten_before`` next time.
     """
     first_ok = [case for case, ok in first_eval.items() if ok]
     evaluated = [case for case in first_ok if case in current_eval]
-    kept = sum(1 for case in evaluated if current_eval[case])
-    n = len(evaluated)
+    failing = [case for case in evaluated if not current_eval[case]]
+    forgotten_ids = set(forgotten_before) | set(failing)
+    forgotten_ids &= set(first_ok)
+    n_ok, n_eval = len(first_ok), len(evaluated)
+    forgotten = len(forgotten_ids) / n_ok if n_ok else math.nan
     return {
-        "retained": kept / n if n else math.nan,
-        "forgotten": (n - kept) / n if n else math.nan,
-        "num_evaluated": float(n),
-        "num_first_successful": float(len(first_ok)),
+        "forgotten": forgotten,
+        "retained": 1.0 - forgotten if n_ok else math.nan,
+        "currently_failing": len(failing) / n_eval if n_eval else math.nan,
+        "num_evaluated": float(n_eval),
+        "num_first_successful": float(n_ok),
+        "num_forgotten": float(len(forgotten_ids)),
+        "forgotten_ids": forgotten_ids,
     }
 
 
@@ -187,3 +204,54 @@ def perplexity_alarm(value: float, baseline: float, factor: float) -> bool:
     if not math.isfinite(value):
         return True
     return value > factor * baseline
+
+
+# --------------------------------------------------------------------------------------------------
+# (f) Catastrophic-forgetting point (seed 002 §3.2, Table 3 "CF")
+# --------------------------------------------------------------------------------------------------
+
+#: A downstream collapse: the mean F1 over the tracked tasks falls to this share of the unedited one or below.
+COLLAPSE_F1_FRACTION = 0.5
+
+CATASTROPHIC_FORGETTING_RULE = (
+    "first scheduled evaluation point (edits done) at which the mean downstream F1 over the tracked tasks is "
+    f"<= {COLLAPSE_F1_FRACTION} x its unedited value AND the ME-PPL exceeds alarm_factor x its unedited value "
+    "(or is not finite); with only one of the two series tracked, that one alone; null when never reached"
+)
+
+
+def mean_downstream_f1(point: Mapping[str, Any]) -> float | None:
+    """Mean over a tracker point's downstream tasks of the generation F1 (the probability F1 where no
+    generation was scored); None when the point has no downstream results."""
+    tasks = point.get("downstream") or {}
+    values = [m.get("gen_f1", m.get("prob_f1")) for m in tasks.values()]
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def catastrophic_forgetting_point(
+    initial: Mapping[str, Any], points: Sequence[Mapping[str, Any]], ppl_factor: float
+) -> int | None:
+    """The edit count at which the model collapses (:data:`CATASTROPHIC_FORGETTING_RULE`).
+
+    The paper gives no formula: it reads the point off Figures 1–3 as the inflection after which
+    downstream performance is lost and the model "is almost unusable". Here a point collapses when
+    its mean downstream F1 (:func:`mean_downstream_f1`) is at most :data:`COLLAPSE_F1_FRACTION` of
+    the unedited point's and its perplexity is above ``ppl_factor`` × the unedited perplexity (a
+    non-finite perplexity counts as collapsed). ``initial`` is the tracker point before editing,
+    ``points`` the later ones in order, each with ``num_edits``.
+    """
+    f1_0 = mean_downstream_f1(initial)
+    ppl_0 = initial.get("perplexity")
+    if f1_0 is None and ppl_0 is None:
+        return None
+    for point in points:
+        checks = []
+        f1 = mean_downstream_f1(point)
+        if f1_0 is not None and f1 is not None:
+            checks.append(f1 <= COLLAPSE_F1_FRACTION * f1_0)
+        if ppl_0 is not None and point.get("perplexity") is not None:
+            checks.append(perplexity_alarm(float(point["perplexity"]), float(ppl_0), ppl_factor))
+        if checks and all(checks):
+            return int(point["num_edits"])
+    return None

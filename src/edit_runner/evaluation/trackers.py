@@ -23,11 +23,13 @@ from edit_runner.models.sampling import greedy_texts
 
 
 def record_success(row: dict[str, Any]) -> bool:
-    """Whether a record's edit holds: efficacy success (CounterFact) or full token accuracy (zsRE)."""
-    value = row.get("efficacy_success")
-    if value is None:
-        value = row.get("efficacy_accuracy", 0.0)
-    return float(value) >= 0.5 if row.get("efficacy_success") is not None else float(value) >= 1.0
+    """Whether a record's edit holds, by argmax correctness on the rewrite prompt (seed 002's
+    ``rewrite_prompts_correct[0]``): every target token is the teacher-forced argmax. Reads
+    ``efficacy_correct`` (MEMIT-definition CounterFact rows) or else ``efficacy_accuracy`` = 1
+    (EasyEdit-definition token accuracy, zsRE token accuracy; one efficacy prompt per record)."""
+    if row.get("efficacy_correct"):
+        return bool(row["efficacy_correct"][0])
+    return float(row.get("efficacy_accuracy") or 0.0) >= 1.0
 
 
 def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], max_prompts: int = 50) -> float:
@@ -39,9 +41,10 @@ def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], max_pr
 class HealthTracker:
     """Measures model health after scheduled steps; each point's series rows go to ``sink`` (an append-only log).
 
-    Its state is small and constant in the run's length: the alarms so far. The forgetting
-    baseline (each edit's success right after its own step) is rebuilt on resume from the
-    after-step rows (:meth:`load_state_dict`).
+    Its state: the alarms so far and the case ids counted as forgotten (forgetting is cumulative,
+    :func:`~edit_runner.evaluation.health.forgetting_stats`). The forgetting baseline (each edit's
+    success right after its own step) is rebuilt on resume from the after-step rows
+    (:meth:`load_state_dict`).
     """
 
     def __init__(
@@ -61,14 +64,16 @@ class HealthTracker:
         self.sink = sink
         self.first_eval: dict[str, bool] = {}
         self.alarms: list[dict[str, Any]] = []
+        self.forgotten: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (JSON)."""
-        return {"alarms": list(self.alarms)}
+        return {"alarms": list(self.alarms), "forgotten": sorted(self.forgotten)}
 
     def load_state_dict(self, state: dict[str, Any], after_step_rows: list[dict[str, Any]]) -> None:
         """Restore :meth:`state_dict`; replay the after-step rows written before the checkpoint."""
         self.alarms = list(state["alarms"])
+        self.forgotten = set(state.get("forgotten", []))
         self.first_eval = {}
         self.note_step_rows(after_step_rows)
 
@@ -135,7 +140,10 @@ class HealthTracker:
         point["edits"] = summary
         if cfg.forgetting and self.first_eval:
             current = {str(r["case_id"]): record_success(r) for r in scored}
-            stats = forgetting_stats({k: v for k, v in self.first_eval.items() if k in current}, current)
-            rows += series_rows(num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"]})
+            stats = forgetting_stats(self.first_eval, current, self.forgotten)
+            self.forgotten = stats.pop("forgotten_ids")
+            rows += series_rows(
+                num_edits, {"retained": stats["retained"], "forgotten": stats["forgotten"], "currently_failing": stats["currently_failing"]}
+            )
             point["forgetting"] = stats
         return point
