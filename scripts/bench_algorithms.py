@@ -35,16 +35,16 @@ from hydra import compose, initialize_config_module
 from rich.console import Console
 from rich.table import Table
 
-from edit_runner.config import apply_paper_hyperparameters, register_configs, register_resolvers
+from edit_runner.config import effective_config, register_configs, register_resolvers
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates, generate_context_templates
 from edit_runner.editing.covariance import Corpus, CovarianceCache, CovarianceSettings, text_file_corpus
-from edit_runner.editing.editor import Editor
+from edit_runner.editing.editor import EditorBuilder
 from edit_runner.models.loading import LoadedModel, load_model
 from edit_runner.paths import default_cache_dir
 
-ALGORITHMS = ("rome", "memit", "pmet", "emmet", "alphaedit", "ft", "ft_c")
+ALGORITHMS = ("rome", "r_rome", "memit", "pmet", "emmet", "alphaedit", "ft", "ft_c")
 REPO = Path(__file__).resolve().parents[1]
 
 # Well-known facts with a counterfactual new object (subject, prompt template, new, true).
@@ -82,11 +82,11 @@ def algo_config(algo: str, model_conf: str, steps: int | None, layers: list[int]
     overrides = [f"algo={algo}", f"model={model_conf}"]
     with initialize_config_module("edit_runner.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    apply_paper_hyperparameters(cfg, overrides)
-    algo_cfg = cfg.algo
+    algo_cfg = effective_config(cfg, overrides).algo
     if steps is not None:
-        algo_cfg.v_num_grad_steps = steps
-        algo_cfg.ft_num_steps = steps
+        for name in ("v_num_grad_steps", "ft_num_steps"):
+            if hasattr(algo_cfg, name):
+                setattr(algo_cfg, name, steps)
     if layers:
         algo_cfg.layers = layers if len(algo_cfg.layers) > 1 else [layers[-1]]
     return algo_cfg
@@ -146,7 +146,7 @@ def bench_algorithm(
         for name in modules
         for k, v in loaded.model.get_submodule(name).state_dict(prefix=name + ".").items()
     }
-    editor = Editor(loaded, spec, algo_cfg, templates, cov if spec.needs_covariance else None)
+    editor = EditorBuilder(loaded, spec, algo_cfg, templates, cov if spec.needs_covariance(algo_cfg) else None).build()
     steps = [records] if protocol == "batched" else [[r] for r in records]
     seconds = {"key": 0.0, "target": 0.0, "solve": 0.0}
     opt_steps: list[int] = []
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         {
             int(layer)
             for algo, cfg in configs.items()
-            if algorithm_spec(algo).needs_covariance
+            if algorithm_spec(algo).needs_covariance(cfg)
             for layer in cfg.layers
         }
     )
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for algo, cfg in configs.items():
         key = (
             algorithm_spec(algo).template_style,
-            json.dumps(list(map(list, cfg.context_template_length_params))),
+            json.dumps(list(map(list, getattr(cfg, "context_template_length_params", [])))),
         )
         if key not in templates:
             templates[key] = generate_context_templates(
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         console.print(f"[bold]{algo}[/bold] …")
         key = (
             algorithm_spec(algo).template_style,
-            json.dumps(list(map(list, configs[algo].context_template_length_params))),
+            json.dumps(list(map(list, getattr(configs[algo], "context_template_length_params", [])))),
         )
         row = bench_algorithm(loaded, algo, configs[algo], records, cov, args.protocol, templates[key])
         row.update(model=loaded.name, device=str(loaded.device), steps_override=args.steps)

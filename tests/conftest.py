@@ -79,3 +79,19 @@ def one_thread():
 def cov_dir(tmp_path_factory) -> Path:
     """A module-wide covariance cache directory."""
     return tmp_path_factory.mktemp("covariance")
+
+
+@pytest.fixture(scope="module")
+def hydra_context():
+    """Hydra initialised on the packaged config tree, as the installed ``edit-run`` sees it (schemas first)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from edit_runner.config import register_configs, register_resolvers
+
+    register_configs()
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("edit_runner.conf", version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()

@@ -14,8 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,8 +25,6 @@ from edit_runner.config import (
     check_override_keys,
     effective_config,
     enabled_wrappers,
-    register_configs,
-    register_resolvers,
 )
 from edit_runner.editing.algorithms import algorithm_registry, algorithm_spec
 from edit_runner.editing.wrappers import check_combination, wrapper_names
@@ -51,14 +48,8 @@ REQUIRED = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def hydra_context():
-    """Hydra initialised on the packaged config tree (the schemas and resolvers registered first)."""
-    register_configs()
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("edit_runner.conf", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
+def _hydra(hydra_context):
+    """Compose from the packaged config tree in this module."""
 
 
 def job(overrides: list[str]) -> DictConfig:

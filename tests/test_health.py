@@ -30,7 +30,8 @@ def test_norm_stats_after_rank_one_update():
     assert s["l1"] == pytest.approx(float(w.double().abs().sum()), rel=1e-12)
     # ‖u vᵀ‖_F = ‖u‖ ‖v‖ for a rank-one update
     assert s["delta_fro"] == pytest.approx(float(u.double().norm() * v.double().norm()), rel=1e-6)
-    assert s["normalized_distance"] == pytest.approx(s["delta_fro"] / float(w0.double().norm()), rel=1e-12)
+    assert s["relative_distance"] == pytest.approx(s["delta_fro"] / float(w0.double().norm()), rel=1e-12)
+    assert s["normalized_distance"] == pytest.approx(s["delta_fro"] / w0.numel(), rel=1e-12)  # seed 002
     assert stats["l2.w"]["delta_fro"] == 0.0 and stats["l2.w"]["normalized_distance"] == 0.0
     with pytest.raises(KeyError):
         layer_norm_stats({"x": w}, {})
@@ -44,13 +45,16 @@ def test_forgetting_constructed_case():
     assert forgetting_stats(first, {"A": False}) == {
         "retained": 0.0,
         "forgotten": 1.0,
+        "currently_failing": 1.0,
         "num_evaluated": 1.0,
         "num_first_successful": 1.0,
+        "num_forgotten": 1.0,
+        "forgotten_ids": {"A"},
     }
-    # B never succeeded (not counted), C retained, D not re-evaluated
+    # B never succeeded (not counted), C retained, D not re-evaluated (still in the denominator, seed 002)
     first = {"A": True, "B": False, "C": True, "D": True}
     stats = forgetting_stats(first, {"A": False, "B": True, "C": True})
-    assert stats["retained"] == 0.5 and stats["forgotten"] == 0.5
+    assert stats["forgotten"] == pytest.approx(1 / 3) and stats["currently_failing"] == 0.5
     assert stats["num_evaluated"] == 2 and stats["num_first_successful"] == 3
     empty = forgetting_stats({"B": False}, {"B": True})
     assert math.isnan(empty["retained"]) and empty["num_evaluated"] == 0

@@ -23,8 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,8 +31,6 @@ from edit_runner.config import (
     apply_paper_hyperparameters,
     config_hash,
     enabled_wrappers,
-    register_configs,
-    register_resolvers,
 )
 from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.wrappers import check_combination
@@ -70,14 +67,8 @@ _PARSER = OverridesParser.create()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def hydra_context():
-    """Hydra initialised on the packaged config tree (as the installed ``edit-run`` sees it)."""
-    register_configs()
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("edit_runner.conf", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
+def _hydra(hydra_context):
+    """Compose from the packaged config tree in this module."""
 
 
 def header(name: str) -> list[str]:

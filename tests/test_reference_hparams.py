@@ -27,11 +27,10 @@ import functools
 from dataclasses import dataclass, field
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from edit_runner.config import finalize_config, register_configs, register_resolvers
+from edit_runner.config import finalize_config
 from test_presets import PRESETS, full_product, launch_commands
 
 RUOE = "bhimanbaghel/ResolveUnderOverEdit@32bfe1e2"
@@ -207,14 +206,8 @@ IRRELEVANT_SWEEPS = ("trial", "data.num_edits")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def hydra_context():
-    """Hydra initialised on the packaged config tree."""
-    register_configs()
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("edit_runner.conf", version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
+def _hydra(hydra_context):
+    """Compose from the packaged config tree in this module."""
 
 
 def compose_reference_cell(overrides: list[str]) -> DictConfig:

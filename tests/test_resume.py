@@ -78,11 +78,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Run this module's tiny-model runs on one thread."""
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ class DataFormat(str, Enum):
     zsre = "zsre"
     easyedit = "easyedit"
     custom = "custom"
+    knowedit = "knowedit"
+    mquake = "mquake"
 
 
 class ProtocolName(str, Enum):
@@ -78,6 +80,7 @@ class ModelConfig:
     revision: str | None = None
     dtype: str = "float32"
     device: str = "auto"
+    device_map: str | None = None
     max_length: int | None = None
 
 

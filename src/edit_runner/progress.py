@@ -51,17 +51,21 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         self.display.stop()
 
+    def note(self, message: str, *args: object) -> None:
+        """A log line: INFO without the live display (SLURM logs), DEBUG with it (the bars show it already)."""
+        _log().log(logging.DEBUG if self.enabled else logging.INFO, message, *args)
+
     @contextmanager
     def stage(self, description: str, total: float | None = None) -> Iterator[StageTask]:
         """A bar (or a spinner when ``total`` is None) for one stage; removed when the stage ends."""
         start = time.perf_counter()
-        _log().info("%s ...", description)
+        self.note("%s ...", description)
         task = self.display.add_task(description, total=total, status="")
         try:
             yield StageTask(self.display, task)
         finally:
             self.display.remove_task(task)
-            _log().info("%s done in %.1f s", description, time.perf_counter() - start)
+            self.note("%s done in %.1f s", description, time.perf_counter() - start)
 
 
 class StageTask:

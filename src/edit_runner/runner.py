@@ -154,10 +154,16 @@ class Runner:
             if cfg.eval.fluency:
                 post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
         self.logs.records.append([{**r, "eval": "end"} for r in post_rows])
+        steps = self.logs.steps.read()
+        iteration_rows = [{"step": s["step"], "iteration": it["iteration"], **r} for s in steps for it in s["iterations"] for r in it.get("records", [])]
+        if iteration_rows:  # per record and outer-loop pass (seed 000 §6.1)
+            iteration_log = RowLog(self.run_dir / "iterations.jsonl")
+            iteration_log.reset()
+            iteration_log.append(iteration_rows)
         outcome = RunOutcome(
             revision=loaded.revision, metric_definition=self.metric_definition, pre=state.pre, post=post, post_rows=post_rows,
             pre_rows=pre_rows or [], after_step_rows=[r for r in self.logs.records.read() if r["eval"] == "after_step"],
-            steps=self.logs.steps.read(), health_initial=state.health_initial, health_alarms=tracker.alarms,
+            steps=steps, health_initial=state.health_initial, health_alarms=tracker.alarms,
             has_health=self.logs.health.lines > 0, templates=templates.to_json(), seconds=time.perf_counter() - started,
             environment={"num_threads": threads, "device": str(next(loaded.model.parameters()).device)},
         )
@@ -179,6 +185,9 @@ class Runner:
         return summary
 
     def _load_model(self) -> LoadedModel:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the run's own display shows the stage
         m = self.cfg.model
         loaded = load_model(
             m.path, gguf_file=m.gguf_file, source=m.source.value, name=m.name, revision=m.revision, dtype=m.dtype, device=m.device,
@@ -188,7 +197,7 @@ class Runner:
         bad = [layer for layer in self.cfg.algo.layers if not 0 <= int(layer) < depth]
         if bad:
             raise ConfigError(f"algo.layers: layers {bad} do not exist; {m.name} has layers 0..{depth - 1}")
-        _log().info("model %s loaded (%s)", m.name, loaded.revision)
+        _log().debug("model %s loaded (%s)", m.name, loaded.revision)
         return loaded
 
     def _checkpoint(self) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
@@ -307,7 +316,7 @@ class Runner:
                         step_row["health"] = tracker.measure(loaded.model, loaded.tokenizer, done_edits, edited)
                 self.logs.steps.append([step_row])
                 state.completed_steps = index + 1
-                _log().info("step %d/%d done (%d edits so far): %s", index + 1, len(plan.steps), done_edits, dict(report.seconds))
+                progress.note("step %d/%d done (%d edits so far): %s", index + 1, len(plan.steps), done_edits, dict(report.seconds))
                 if guard.pending is not None or policy.due(index, len(plan.steps)):
                     start = time.perf_counter()
                     self._save_checkpoint(editor, tracker, state)

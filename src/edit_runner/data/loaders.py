@@ -15,6 +15,8 @@ Registered formats (``data.format``):
   = the neighbours used by neighbor-assisted editing, stored in :attr:`EditRecord.train_neighbors`).
 * ``custom`` — a JSON list or JSONL file of simple dicts (see :func:`parse_custom`).
 * ``demo`` — the hand-written facts shipped in the package (``demo_facts.json``, CounterFact format).
+* ``knowedit`` — zjunlp/KnowEdit files with ``portability`` groups (:mod:`edit_runner.data.knowedit`).
+* ``mquake`` — princeton-nlp/MQuAKE cases, one record per rewrite (:mod:`edit_runner.data.mquake`).
 
 Every malformed input raises a :class:`~edit_runner.errors.DataError` naming the file, the record
 (index and case id) and the field.
@@ -652,3 +654,7 @@ def load_dataset(cfg: Any, cache_dir: str | os.PathLike[str] | None = None) -> l
         shuffle=bool(getattr(cfg, "shuffle", False)),
         case_ids_file=getattr(cfg, "case_ids_file", None),
     )
+
+
+# Formats defined in their own modules register themselves when imported (they use the helpers above).
+from edit_runner.data import knowedit, mquake  # noqa: F401

@@ -25,6 +25,19 @@ class NeighborPrompt:
 
 
 @dataclass(frozen=True)
+class PortabilityPrompt:
+    """A prompt whose answer should follow from the edit (EasyEdit/KnowEdit "portability").
+
+    ``kind`` names the group it comes from (KnowEdit: ``Reasoning``, ``Subject_Aliasing``,
+    ``Logical_Generalization``; MQuAKE: ``multi_hop``); the metric averages within a group first.
+    """
+
+    prompt: str
+    target: str
+    kind: str
+
+
+@dataclass(frozen=True)
 class EditRecord:
     """One requested edit ``(subject, relation) : target_true -> target_new`` with its evaluation prompts.
 
@@ -46,6 +59,7 @@ class EditRecord:
     relation_id: str | None = None
     neighbor_subjects_known: bool = field(default=False)
     train_neighbors: tuple[NeighborPrompt, ...] = ()
+    portability: tuple[PortabilityPrompt, ...] = ()
 
     @property
     def rewrite_prompt(self) -> str:

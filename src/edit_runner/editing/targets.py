@@ -9,6 +9,8 @@ stop rule is frozen. Wrappers plug in as extra loss rows (NA/NAP) and stop rules
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,7 +21,14 @@ from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.errors import OptimizationError
 from edit_runner.models.hooks import trace
-from edit_runner.models.tokens import FilledPrompt, encode_prompts, fill_template, target_token_ids
+from edit_runner.models.sampling import cache_keyword
+from edit_runner.models.tokens import (
+    EncodedBatch,
+    FilledPrompt,
+    encode_prompts,
+    fill_template,
+    target_token_ids,
+)
 
 LOSS_THRESHOLD = 5e-2
 KL_PROMPT = "{} is a"
@@ -52,6 +61,7 @@ class OptimizationSettings:
     neighbor_weight: float = 1.0
     pooled_neighbors: bool = False
     chunk: int = 16
+    reuse_prefix: bool = True  # cache the tokens before each subject-last token (exact; see _StepPass)
 
 
 @dataclass
@@ -158,6 +168,51 @@ def _segment_all(flags: torch.Tensor, segments: torch.Tensor, num: int) -> torch
 TargetProgress = Callable[[int, int, torch.Tensor], None]
 
 
+class _StepPass:
+    """How each Adam step runs the batch: the full rows, or only the tokens from each row's subject-last
+    token on, after a KV cache of the tokens before it (nothing there depends on δ in a causal LM).
+
+    ``lookup`` and ``shift`` map full-row positions into the step's inputs: position ``p`` of row
+    ``i`` is column ``p - shift[i]``; ``lookup`` is the subject-last column.
+    """
+
+    def __init__(self, base: torch.nn.Module, batch: EncodedBatch, reuse_prefix: bool) -> None:
+        self.base = base
+        key = cache_keyword(base)
+        self.cache_key = key if key in inspect.signature(base.forward).parameters else None
+        last = batch.subject_last
+        width = int(last.max()) if self.cache_key is not None and reuse_prefix else 0
+        if width == 0:
+            self.inputs = batch.model_inputs()
+            self.lookup, self.shift, self.prefix_cache = last, torch.zeros_like(last), None
+            return
+        device = batch.input_ids.device
+        pad = batch.input_ids[0, 0].new_zeros(())
+        # prefixes, left padded to ``width``: column c holds token c - (width - last) of the row
+        source = torch.arange(width, device=device)[None, :] - (width - last)[:, None]
+        valid = source >= 0
+        prefix_ids = torch.where(valid, batch.input_ids.gather(1, source.clamp(min=0)), pad)
+        with torch.no_grad():
+            out = base(input_ids=prefix_ids, attention_mask=valid.long(), position_ids=source.clamp(min=0), use_cache=True)
+        self.prefix_cache = out[key]
+        # the rest of each row, right padded; positions continue the row's real positions
+        tail = int((batch.lengths - last).max())
+        position = last[:, None] + torch.arange(tail, device=device)[None, :]
+        real = position < batch.lengths[:, None]
+        rest_ids = torch.where(real, batch.input_ids.gather(1, position.clamp(max=batch.input_ids.shape[1] - 1)), pad)
+        self.inputs = {
+            "input_ids": rest_ids,
+            "attention_mask": torch.cat([valid, real], dim=1).long(),
+            "position_ids": torch.where(real, position, last[:, None]),
+        }
+        self.lookup, self.shift = torch.zeros_like(last), last
+
+    def hidden(self) -> torch.Tensor:
+        """Last hidden states of one step (the prefix cache is copied, so it never grows across steps)."""
+        extra = {} if self.prefix_cache is None else {self.cache_key: copy.deepcopy(self.prefix_cache), "use_cache": True}
+        return self.base(**self.inputs, **extra).last_hidden_state
+
+
 def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, stop_rules, progress=None, done=0) -> TargetResult:
     device = next(model.parameters()).device
     m = len(records)
@@ -175,25 +230,31 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
     is_rewrite = torch.tensor([k == "rewrite" for k in kinds], device=device)
     is_neighbor = torch.tensor([k == "neighbor" for k in kinds], device=device)
     is_prefixed = torch.tensor([r.kind == "rewrite" and r.template_index > 0 for r in rows], device=device)
+    has_neighbors = "neighbor" in kinds
+    has_prefixed = any(r.kind == "rewrite" and r.template_index > 0 for r in rows)
+    rewrite_tokens, prefixed_tokens = is_rewrite[row_i], is_prefixed[row_i]
+    token_record = row_record[row_i]
 
+    step_pass = _StepPass(model.base_model, batch, settings.reuse_prefix)
+    pos_i = pos_i - step_pass.shift[row_i]
+    kl_pos = step_pass.lookup[kl_rows]
     hidden_size = model.config.hidden_size
     delta = torch.zeros((len(settings.sites), m, hidden_size), device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
-    injector = _DeltaInjector(delta, settings.sites, row_record, batch.subject_last, first_rows)
+    injector = _DeltaInjector(delta, settings.sites, row_record, step_pass.lookup, first_rows)
     lm_head = model.get_output_embeddings()
-    base = model.base_model
 
     for rule in stop_rules:
         rule.reset(m)
     active = torch.ones(m, dtype=torch.bool, device=device)
-    steps = torch.zeros(m, dtype=torch.long)
-    init_nll = torch.zeros(m)
-    final_nll = torch.zeros(m)
+    steps = torch.zeros(m, dtype=torch.long, device=device)
+    init_nll = torch.zeros(m, device=device)
+    final_nll = torch.zeros(m, device=device)
     nll_weight = torch.full((m,), settings.nll_loss_factor, device=device)
-    kl_init = None
+    kl_init = h_norms = None
     for step in range(settings.num_steps):
         with trace(model, settings.sites, edit_output=injector):
-            hidden = base(**batch.model_inputs()).last_hidden_state
+            hidden = step_pass.hidden()
         target_logp = torch.log_softmax(lm_head(hidden[row_i, pos_i]).float(), dim=-1)
         token_logp = target_logp.gather(1, tok_i[:, None]).squeeze(1)
         argmax_ok = target_logp.argmax(dim=-1) == tok_i
@@ -201,37 +262,29 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
         row_nll = -row_sum / norm_len
         rewrite_nll = _segment_mean(row_nll[is_rewrite], row_record[is_rewrite], m)
         nll = rewrite_nll
-        if is_neighbor.any():
+        if has_neighbors:
             if settings.pooled_neighbors:
                 pooled = is_rewrite | is_neighbor
                 nll = _segment_mean(row_nll[pooled], row_record[pooled], m)
             else:
                 nll = rewrite_nll + settings.neighbor_weight * _segment_mean(row_nll[is_neighbor], row_record[is_neighbor], m)
-        kl_logp = torch.log_softmax(lm_head(hidden[kl_rows, batch.subject_last[kl_rows]]).float(), dim=-1)
+        kl_logp = torch.log_softmax(lm_head(hidden[kl_rows, kl_pos]).float(), dim=-1)
         if kl_init is None:
             kl_init = kl_logp.detach().clone()
+            h_norms = torch.stack([injector.h_init[s].norm(dim=-1) for s in settings.sites])
         kl_per_row = (kl_logp.exp() * (kl_logp - kl_init)).sum(dim=-1)
         kl = settings.kl_factor * torch.zeros(m, device=device).index_add(0, kl_record, kl_per_row)
-        h_norms = torch.stack([injector.h_init[s].norm(dim=-1) for s in settings.sites])
         weight_decay = settings.weight_decay * (delta.norm(dim=-1) / h_norms**2).sum(dim=0)
         loss = nll_weight * nll + kl + weight_decay
-        if not torch.isfinite(loss).all():
-            bad = [records[i].case_id for i in torch.nonzero(~torch.isfinite(loss)).flatten().tolist()]
-            raise OptimizationError(
-                f"target optimization diverged (NaN/inf loss) for record case_id={', '.join(map(str, bad))}; "
-                "lower algo.v_lr or raise algo.v_weight_decay"
-            )
-        current = rewrite_nll.detach().cpu()
+        current = rewrite_nll.detach()
         if step == 0:
             init_nll = current.clone()
-        final_nll = torch.where(active.cpu(), current, final_nll)
-        steps = torch.where(active.cpu(), torch.full_like(steps, step), steps)
+        final_nll = torch.where(active, current, final_nll)
+        steps = torch.where(active, step, steps)
 
-        per_token_record = row_record[row_i]
-        all_argmax = _segment_all(argmax_ok[is_rewrite[row_i]], per_token_record[is_rewrite[row_i]], m)
-        prefixed = is_prefixed[row_i]
-        prefixed_ok = _segment_all(argmax_ok[prefixed], per_token_record[prefixed], m) if prefixed.any() else all_argmax
-        stats = StepStats(step, rewrite_nll.detach(), all_argmax, prefixed_ok, kl.detach())
+        all_argmax = _segment_all(argmax_ok[rewrite_tokens], token_record[rewrite_tokens], m)
+        prefixed_ok = _segment_all(argmax_ok[prefixed_tokens], token_record[prefixed_tokens], m) if has_prefixed else all_argmax
+        stats = StepStats(step, current, all_argmax, prefixed_ok, kl.detach())
         stop = loss.detach() < LOSS_THRESHOLD
         for rule in stop_rules:
             stop |= rule.should_stop(stats).to(device)
@@ -239,18 +292,21 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
             stop |= all_argmax & (kl.detach() <= 0.01)
             nll_weight = torch.where(all_argmax, 0.1 * settings.nll_loss_factor, settings.nll_loss_factor)
         if step == settings.num_steps - 1:
-            stop[:] = True
+            stop = torch.ones_like(stop)
         active &= ~stop
         if progress is not None:
             progress(done, step, loss.detach())
-        if not active.any():
+        finite, running = torch.stack((torch.isfinite(loss.detach()).all(), active.any())).tolist()  # the one host sync of a step
+        if not finite:
+            _diverged(records, loss)
+        if not running:
             break
         (loss * active).sum().backward()
         before = delta.detach().clone()
         optimizer.step()
         optimizer.zero_grad()
         with torch.no_grad():
-            delta[:, ~active] = before[:, ~active]
+            delta.copy_(torch.where(active[None, :, None], delta, before))
             limit = settings.clamp_norm_factor * h_norms
             norms = delta.norm(dim=-1)
             delta.mul_(torch.clamp(limit / norms.clamp(min=1e-12), max=1.0)[..., None])
@@ -260,9 +316,17 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
         z={s: (injector.h_init[s] + final_delta[i]).T.contiguous() for i, s in enumerate(settings.sites)},
         h_init={s: injector.h_init[s].T.contiguous() for s in settings.sites},
         delta={s: final_delta[i].T.contiguous() for i, s in enumerate(settings.sites)},
-        steps=steps,
-        init_nll=init_nll,
-        final_nll=final_nll,
+        steps=steps.cpu(),
+        init_nll=init_nll.cpu(),
+        final_nll=final_nll.cpu(),
+    )
+
+
+def _diverged(records: list[EditRecord], loss: torch.Tensor) -> None:
+    bad = [records[i].case_id for i in torch.nonzero(~torch.isfinite(loss.detach())).flatten().tolist()]
+    raise OptimizationError(
+        f"target optimization diverged (NaN/inf loss) for record case_id={', '.join(map(str, bad))}; "
+        "lower algo.v_lr or raise algo.v_weight_decay"
     )
 
 

@@ -33,6 +33,23 @@ and ``score_accuracy`` = harmonic mean of the three accuracies; ``*_success``, `
 and magnitudes are absent. Under ``easyedit`` the zsRE specificity is the token-averaged
 agreement of post-edit with pre-edit argmax tokens. The neighbor prompt is used verbatim (a zsRE
 loader gives ``loc + "?"``, the reference's prompt).
+
+Portability (EasyEdit ``compute_portability_quality``, KnowEdit's "Portability"), under either
+definition and only for records that have :attr:`EditRecord.portability` prompts: per prompt the
+token-level teacher-forced accuracy of its answer; per record and group (``Reasoning``,
+``Subject_Aliasing``, ...) the mean over the group's prompts (``portability_group_accuracy``);
+``portability_accuracy`` of a record = mean over its groups. The summary follows EasyEdit's
+``summary_metrics``: per group the mean over the records that have it, then the mean over groups.
+It is not part of the Scores, and absent (not 0) when no record has portability prompts.
+
+MQuAKE (:func:`evaluate_mquake`, Zhong et al. 2023 §3.3), on the model after all edits of the
+cases were made: a question or cloze prompt is *answered* with an answer when every answer token
+is the teacher-forced argmax (= greedy decoding starts with the answer; MEMIT's ``*_correct``), and
+with a set of answers when it is answered with any of them (``new_answer`` or an alias).
+Multi-hop accuracy = fraction of cases with at least one of their multi-hop questions answered;
+edit-wise success = fraction of all edited facts whose rewrite prompt is answered with its new
+target; instance-wise accuracy = fraction of cases (with ``new_single_hops``) whose every new
+single-hop cloze prompt is answered.
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ from typing import Any
 import torch
 
 from edit_runner.config import MetricDefinition
+from edit_runner.data.mquake import MquakeCase
 from edit_runner.data.record import EditRecord, RecordKind
 from edit_runner.models.scoring import TargetScore, score_targets
 from edit_runner.models.tokens import target_token_ids
@@ -60,6 +78,8 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "score_accuracy",
 )
 MAGNITUDE_KEYS: tuple[str, ...] = ("efficacy_magnitude", "generalization_magnitude", "specificity_magnitude")
+PORTABILITY_KEY = "portability_accuracy"
+PORTABILITY = "portability"
 
 
 def _definition(definition: str | MetricDefinition) -> MetricDefinition:
@@ -230,10 +250,14 @@ def evaluate_records(
                     prompts.append(prompt)
                     targets.append(ids_of(competing))
                 layout.append((r, name, correct_index, competing_index))
+        for item in record.portability:
+            layout.append((r, PORTABILITY, len(prompts), -1))
+            prompts.append(item.prompt)
+            targets.append(ids_of(item.target))
     scored = score_targets(model, tokenizer, prompts, targets, batch_size=batch_size)
 
     per_record: list[dict[str, list[tuple[TargetScore, TargetScore]]]] = [
-        {name: [] for name in PROMPT_SETS} for _ in records
+        {name: [] for name in (*PROMPT_SETS, PORTABILITY)} for _ in records
     ]
     for r, name, i, j in layout:
         per_record[r][name].append((scored[i], scored[j] if j >= 0 else scored[i]))
@@ -251,10 +275,41 @@ def evaluate_records(
                     f"for {len(scores['specificity'])} neighborhood prompts"
                 )
         if record.kind is RecordKind.zsre:
-            rows.append(_zsre_row(record, scores, rule, pre_ids))
+            row = _zsre_row(record, scores, rule, pre_ids)
         else:
-            rows.append(_counterfact_row(record, scores, rule, pre_ids))
+            row = _counterfact_row(record, scores, rule, pre_ids)
+        if record.portability:
+            row.update(_portability_fields(record, [c for c, _ in scores[PORTABILITY]]))
+        rows.append(row)
     return rows
+
+
+def _portability_fields(record: EditRecord, scores: Sequence[TargetScore]) -> dict[str, Any]:
+    """Per-prompt token accuracies, per-group means and their mean (see the module docstring)."""
+    accuracy = [s.token_accuracy for s in scores]
+    groups: dict[str, list[float]] = {}
+    for item, value in zip(record.portability, accuracy):
+        groups.setdefault(item.kind, []).append(value)
+    group_means = {kind: sum(values) / len(values) for kind, values in groups.items()}
+    return {
+        "portability_token_accuracy": accuracy,
+        "portability_group_accuracy": group_means,
+        PORTABILITY_KEY: sum(group_means.values()) / len(group_means),
+    }
+
+
+def summarize_portability(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """EasyEdit's summary of portability: mean over groups of the group's mean over the records having it.
+
+    ``None`` when no row has portability prompts.
+    """
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        for kind, value in (row.get("portability_group_accuracy") or {}).items():
+            groups.setdefault(kind, []).append(float(value))
+    if not groups:
+        return None
+    return sum(sum(v) / len(v) for v in groups.values()) / len(groups)
 
 
 def summarize(
@@ -271,6 +326,7 @@ def summarize(
     ``generalization_magnitude``, ``specificity_magnitude`` (SPEC §11.1 EM/PM/NM). Success keys,
     ``score_success`` and magnitudes exist only when some row is a CounterFact record (zsRE has
     no success metric). A prompt set no record has gives ``None`` (and a ``None`` memit Score).
+    ``portability_accuracy`` is present only when some record has portability prompts.
     """
     if definition is None:
         definition = next((row["metric_definition"] for row in rows if "metric_definition" in row), "memit")
@@ -297,5 +353,82 @@ def summarize(
     if has_success:
         for key in MAGNITUDE_KEYS:
             summary[key] = average(key)
-    ordered = [k for k in SUMMARY_KEYS + MAGNITUDE_KEYS if k in summary]
+    portability = summarize_portability(rows)
+    if portability is not None:
+        summary[PORTABILITY_KEY] = portability
+    ordered = [k for k in (*SUMMARY_KEYS, PORTABILITY_KEY, *MAGNITUDE_KEYS) if k in summary]
     return {k: summary[k] for k in ordered}
+
+
+def _answered_any(scores: Sequence[TargetScore]) -> bool:
+    return any(s.all_argmax for s in scores)
+
+
+@torch.no_grad()
+def evaluate_mquake(
+    model: torch.nn.Module,
+    tokenizer,
+    cases: Sequence[MquakeCase],
+    batch_size: int = 64,
+    question_template: str = "{}",
+) -> list[dict[str, Any]]:
+    """One row per MQuAKE case on the model as it is (after the cases' edits; module docstring).
+
+    ``question_template`` wraps every multi-hop question (one ``{}``), e.g. a few-shot prefix
+    ending in ``"Q: {} A:"``. Every (prompt, answer) pair goes through one scorer call. Row keys:
+    ``question_answered`` (per question), ``multi_hop_correct``, ``edits_recalled`` (per rewrite),
+    ``single_hops_answered`` (per new single hop) and ``instance_correct`` (``None`` without single hops).
+    """
+    if question_template.count("{}") != 1:
+        raise ValueError(f"question_template={question_template!r} must contain exactly one '{{}}' for the question")
+    prompts: list[str] = []
+    targets: list[list[int]] = []
+    # (case index, part, item index) per scored pair
+    owners: list[tuple[int, str, int]] = []
+
+    def add(c: int, part: str, item: int, prompt: str, answers: Sequence[str]) -> None:
+        for answer in answers:
+            owners.append((c, part, item))
+            prompts.append(prompt)
+            targets.append(target_token_ids(tokenizer, answer))
+
+    for c, case in enumerate(cases):
+        for q, question in enumerate(case.questions):
+            add(c, "question", q, question_template.format(question), case.new_answers)
+        for k, record in enumerate(case.records):
+            add(c, "edit", k, record.rewrite_prompt, [record.target_new])
+        for h, hop in enumerate(case.new_single_hops):
+            add(c, "hop", h, hop.cloze, hop.answers)
+    scored = score_targets(model, tokenizer, prompts, targets, batch_size=batch_size)
+    grouped: dict[tuple[int, str, int], list[TargetScore]] = {}
+    for owner, score in zip(owners, scored):
+        grouped.setdefault(owner, []).append(score)
+
+    rows: list[dict[str, Any]] = []
+    for c, case in enumerate(cases):
+        answered = [_answered_any(grouped[(c, "question", q)]) for q in range(len(case.questions))]
+        recalled = [_answered_any(grouped[(c, "edit", k)]) for k in range(len(case.records))]
+        hops = [_answered_any(grouped[(c, "hop", h)]) for h in range(len(case.new_single_hops))]
+        rows.append(
+            {
+                "case_id": case.case_id,
+                "question_answered": answered,
+                "multi_hop_correct": any(answered),
+                "edits_recalled": recalled,
+                "single_hops_answered": hops,
+                "instance_correct": all(hops) if hops else None,
+            }
+        )
+    return rows
+
+
+def summarize_mquake(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """``multi_hop_accuracy`` (over cases), ``edit_wise_success`` (over all edited facts) and
+    ``instance_wise_accuracy`` (over cases with single hops); ``None`` where nothing was measured."""
+    edits = [float(flag) for row in rows for flag in row["edits_recalled"]]
+    instances = [float(row["instance_correct"]) for row in rows if row.get("instance_correct") is not None]
+    return {
+        "multi_hop_accuracy": _mean([float(row["multi_hop_correct"]) for row in rows]),
+        "edit_wise_success": _mean(edits),
+        "instance_wise_accuracy": _mean(instances),
+    }

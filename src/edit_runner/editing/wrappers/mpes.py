@@ -44,11 +44,11 @@ class MPESRule:
         self.counter = torch.zeros(num_records, dtype=torch.long)
 
     def should_stop(self, stats: StepStats) -> torch.Tensor:
-        """Stop records whose new object is top-1 often enough (or probable enough)."""
+        """Stop records whose new object is top-1 often enough (or probable enough); stays on the stats' device."""
         if self.prob_cutoff < 0:
-            self.counter += stats.prefixed_all_argmax.cpu().long()
+            self.counter = self.counter.to(stats.prefixed_all_argmax.device) + stats.prefixed_all_argmax.long()
             return self.counter >= round(abs(self.prob_cutoff))
-        return torch.exp(-stats.rewrite_nll.cpu()) > self.prob_cutoff
+        return torch.exp(-stats.rewrite_nll) > self.prob_cutoff
 
 
 class MPES(Wrapper):
