@@ -141,6 +141,7 @@ def main() -> None:
         for name, run in paths.items():
             elapsed, z[name] = timed(run)
             seconds[name].append(elapsed / len(records))
+            print(f"  {name}: {elapsed / len(records):.3f} s/edit", flush=True)
 
     per_edit = {name: statistics.median(values) for name, values in seconds.items()}
     print(f"SmolLM2-135M on CPU ({args.threads} thread), {len(records)} edits, {args.steps} steps, δ at {site}, {args.rounds} interleaved rounds")

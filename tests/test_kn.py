@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from edit_runner.data.record import EditRecord
-from edit_runner.editing.methods.kn import KnEditor, baseline_activations, integrated_gradients, select_neurons
+from edit_runner.editing.methods.kn import (
+    KnEditor,
+    baseline_activations,
+    integrated_gradients,
+    select_neurons,
+)
 from edit_runner.errors import ConfigError
 from edit_runner.models.padding import pad_id_of, right_padded
 from edit_runner.models.scoring import encode_texts, greedy_next_tokens
@@ -48,7 +53,7 @@ def test_attribution_matches_a_slow_per_neuron_riemann_sum(tiny_gpt2, one_thread
     fast = integrated_gradients(model, module, prompt, target, steps, pad_id_of(tok))
     row = prompt + target
     base = baseline_activations(model, module, row, [len(prompt) - 1 + j for j in range(len(target))], 0)
-    neurons = [0, 3, 17, 100, 255] + fast.abs().topk(3).indices.tolist()
+    neurons = [0, 255] + fast.abs().topk(2).indices.tolist()
     for i in neurons:
         total = 0.0
         for j, token in enumerate(target):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -169,9 +170,8 @@ def test_portability_accuracy_matches_a_slow_computation(tiny_gpt2, one_thread) 
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     with torch.no_grad():
         greedy = int(model(ids).logits[0, -1].argmax())
-    records[1] = EditRecord(
-        **{**recent.__dict__, "portability": (recent.portability[0], PortabilityPrompt(prompt, tokenizer.decode([greedy]).strip() + " Wegner", "Reasoning"), *recent.portability[2:])}
-    )
+    guessed = PortabilityPrompt(prompt, tokenizer.decode([greedy]).strip() + " Wegner", "Reasoning")
+    records[1] = replace(recent, portability=(recent.portability[0], guessed, *recent.portability[2:]))
     rows = evaluate_records(model, tokenizer, records, "easyedit")
     for record, row in zip(records, rows):
         expected = [_token_accuracy_slow(model, tokenizer, p.prompt, p.target) for p in record.portability]

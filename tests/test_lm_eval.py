@@ -14,9 +14,9 @@ from edit_runner.editing.context import ContextTemplates
 from edit_runner.evaluation.lm_eval_adapter import run_lm_eval
 from edit_runner.models.scoring import score_targets
 from edit_runner.models.tokens import target_token_ids
-from tests.editing_helpers import algo_config, make_editor
+from editing_helpers import algo_config, make_editor
 
-pytest.importorskip("lm_eval", reason='lm-eval is a dev extra: pip install -e ".[dev]"')
+# lm-eval is a dev extra (pyproject [dev]); without it run_lm_eval fails with the install command.
 
 RECORDS = [
     EditRecord("r0", "Danielle Darrieux", "The mother tongue of {} is", "English", "French"),
@@ -65,9 +65,10 @@ def test_lm_eval_task_on_an_edited_model_agrees_with_the_scorer(tiny_gpt2, offli
     )
     tasks = tmp_path / "tasks"
     tasks.mkdir()
+    # loglikelihood tasks use doc_to_target verbatim (target_delimiter is for multiple_choice only)
     (tasks / "ll.yaml").write_text(
         _task_yaml("er_ll", data, "loglikelihood", [("acc", "mean"), ("perplexity", "perplexity")],
-                   'doc_to_target: "{{target}}"\n')
+                   'doc_to_target: " {{target}}"\n')
     )
     (tasks / "mc.yaml").write_text(
         _task_yaml("er_mc", data, "multiple_choice", [("acc", "mean")],
@@ -75,17 +76,18 @@ def test_lm_eval_task_on_an_edited_model_agrees_with_the_scorer(tiny_gpt2, offli
     )
 
     results = run_lm_eval(
-        model, tokenizer, ["er_ll", "er_mc"], batch_size=4, include_path=tasks, include_default_tasks=False
+        model, tokenizer, ["er_ll", "er_mc"], batch_size=4, include_path=tasks, include_default_tasks=False,
+        bootstrap_iters=0,
     )
 
     prompts = [p for p, _, _ in items]
     correct = score_targets(model, tokenizer, prompts, [target_token_ids(tokenizer, t) for _, t, _ in items])
     other = score_targets(model, tokenizer, prompts, [target_token_ids(tokenizer, o) for _, _, o in items])
     greedy = sum(s.all_argmax for s in correct) / len(items)
-    print("DBG", results, greedy, math.exp(-sum(sum(s.token_logprobs) for s in correct) / len(items)), [s.all_argmax for s in correct])
     assert 0 < sum(s.all_argmax for s in correct[: len(RECORDS)])  # the edit made some targets greedy
     assert results["er_ll"]["acc,none"] == pytest.approx(greedy)
     mean_ll = sum(sum(s.token_logprobs) for s in correct) / len(items)
     assert results["er_ll"]["perplexity,none"] == pytest.approx(math.exp(-mean_ll), rel=1e-4)
+    assert math.isnan(results["er_ll"]["acc_stderr,none"])  # bootstrap_iters=0: no stderr
     wins = sum(sum(c.token_logprobs) > sum(o.token_logprobs) for c, o in zip(correct, other)) / len(items)
     assert results["er_mc"]["acc,none"] == pytest.approx(wins)

@@ -15,10 +15,10 @@ from edit_runner.data.record import EditRecord
 from edit_runner.memory import GPU_80GB, RESIDENT, AllocationTracker, budget, main
 from editing_helpers import MEMIT_TEMPLATES, algo_config, covariance, make_editor, wrapper_config
 
-LLAMA3_8B = dict(
-    hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-    vocab_size=128256, tie_word_embeddings=False,
-)
+LLAMA3_8B = {
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "vocab_size": 128256, "tie_word_embeddings": False,
+}
 LAYERS = [4, 5, 6, 7, 8]
 
 
@@ -138,3 +138,55 @@ def test_device_map_reaches_from_pretrained_and_keeps_the_outputs(device_map, tm
     assert {p.device.type for p in mapped.model.parameters()} == {"cpu"}
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     assert torch.equal(plain.model(ids).logits, mapped.model(ids).logits)
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 11 §4 / §5: the benchmark scripts run end to end on CPU
+
+
+def run_script(name: str, *args: str, cwd, timeout: int = 300) -> str:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / name), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
+    import json
+
+    out = tmp_path / "rows.json"
+    stdout = run_script(
+        "bench_gpu.py", "--tiny", "--device", "cpu", "--batch", "2", "--steps", "2", "--opt-steps", "1",
+        "--cov-texts", "8", "--cov-length", "16", "--out", str(out), cwd=tmp_path,
+    )
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["memit", "alphaedit", "encore"]
+    assert rows[2]["wrappers"] == ["mpes", "norm_constraint", "prev_edit_keys"]
+    for row in rows:
+        assert row["edits"] == 4 and row["seconds_per_edit"] > 0 and row["checkpoint_bytes"] > 0
+        assert row["projected_hours_10000"] > 0 and row["peak_gib"] is None  # no CUDA peak on CPU
+    # AlphaEdit's and ENCORE's checkpoints carry a float64 128 × 128 matrix per edited layer (2 layers)
+    assert rows[1]["checkpoint_bytes"] - rows[0]["checkpoint_bytes"] >= 2 * 128 * 128 * 8
+    assert "| memit |" in stdout and "10k edits (h)" in stdout
+
+
+def test_scaling_script_keeps_checkpoints_constant(tmp_path):
+    import json
+
+    out = tmp_path / "scaling.json"
+    stdout = run_script("bench_scaling.py", "--steps", "40", "--opt-steps", "1", "--out", str(out), cwd=tmp_path)
+    checkpoints = json.loads(out.read_text())["checkpoints"]
+    assert len(checkpoints) == 40
+    tensors = [c["tensor_bytes"] for c in checkpoints]
+    assert tensors[:10] == tensors[-10:] == [tensors[0]] * 10  # the same tensors every step
+    sizes = [c["dir_bytes"] for c in checkpoints]
+    assert max(sizes[-10:]) - min(sizes[:10]) <= 16  # state.json only grows by the digits of its counters
+    assert "ratio last/first: step time" in stdout

@@ -104,9 +104,11 @@ class Budget:
             lines.append(f"| {b.name} | {b.stage} | {b.device} | {b.dtype} | {shape} | {b.count} | {b.nbytes / GiB:.2f} | {b.note} |")
         lines += [
             "",
-            f"resident {self.stage_bytes(RESIDENT) / GiB:.2f} GiB + max(optimization {self.stage_bytes(OPTIMIZATION) / GiB:.2f}, "
-            f"spread {self.stage_bytes(SPREAD) / GiB:.2f}) = **peak {self.peak / GiB:.2f} GiB ({self.peak / 1e9:.1f} GB)** on the GPU; "
-            f"host {self.host / GiB:.2f} GiB",
+            (
+                f"resident {self.stage_bytes(RESIDENT) / GiB:.2f} GiB + max(optimization {self.stage_bytes(OPTIMIZATION) / GiB:.2f}, "
+                f"spread {self.stage_bytes(SPREAD) / GiB:.2f}) = **peak {self.peak / GiB:.2f} GiB ({self.peak / 1e9:.1f} GB)** on the GPU; "
+                f"host {self.host / GiB:.2f} GiB"
+            ),
         ]
         return "\n".join(lines)
 
@@ -169,7 +171,7 @@ class AllocationTracker(TorchDispatchMode):
         self.peak = self.current
         return self.current
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         """Run ``func`` and note the storages it created."""
         out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)}
@@ -306,7 +308,7 @@ def optimization_activations(
     """
     b = resolve_dtype(dtype).itemsize
     h = int(config.hidden_size)
-    heads = int(getattr(config, "num_attention_heads"))
+    heads = int(config.num_attention_heads)
     kv = h * int(getattr(config, "num_key_value_heads", heads) or heads) // heads
     inner = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h)
     blocks = int(config.num_hidden_layers) - 1 - site_layer

@@ -154,6 +154,8 @@ class Editor:
         self.outer = builder.outer
         self.optimization = dict(builder.optimization)
         self.progress = builder.progress
+        if self.direct is not None:
+            self.direct.attach(self.model)
 
     # ----- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

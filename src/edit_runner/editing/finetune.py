@@ -39,7 +39,13 @@ def finetune(model: torch.nn.Module, tokenizer, records: list[EditRecord], param
     """Fine-tune ``params`` on the records; FT-C clamps every weight to ``[W0 − ε, W0 + ε]`` after each step.
 
     Every target token is scored from the last prompt token's distribution (bag of tokens), as the
-    reference does. Returns the number of Adam steps and the last epoch's mean loss.
+    reference does. Target ids follow SPEC B §1 (``tok(" " + target)`` without special tokens, one
+    list per record, no padding). The reference (kmeng01 ``execute_ft``) tokenises the chunk's targets
+    with ``tok(targets, padding=True)`` and masks ``!= unk``: on GPT-2 (no BOS; pad = unk) that is the
+    same, but a Llama tokenizer prepends BOS and pads with EOS (both ≠ unk), which the reference then
+    also trains as targets — the one cause of its different update direction on Llama models
+    (tests/test_metric_definitions.py checks both against the reference loop written out). Returns
+    the number of Adam steps and the last epoch's mean loss.
     """
     device = next(model.parameters()).device
     tokenizer.padding_side = "right"

@@ -129,6 +129,10 @@ class DirectEditor(Protocol):
     checkpoint saves them.
     """
 
+    def attach(self, model: torch.nn.Module) -> None:
+        """Called once when the editor is built (before any edit or resume): methods that act through
+        forward hooks (GRACE's codebook) register them here; weight editors do nothing."""
+
     def edit(self, model: torch.nn.Module, tokenizer: Any, records: list[EditRecord], params: list[torch.nn.Parameter]) -> dict[str, float]:
         """Edit the model in place for ``records``; returns per-step statistics."""
 

@@ -103,6 +103,7 @@ def run_lm_eval(
     seed: int = 0,
     include_path: str | os.PathLike[str] | None = None,
     include_default_tasks: bool = True,
+    bootstrap_iters: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate lm-eval ``tasks`` on ``model`` as it is now; ``{task: {metric: value}}``.
 
@@ -117,6 +118,8 @@ def run_lm_eval(
     ``include_path``: a folder (or YAML file) of extra task configs, e.g. a task on local JSON data
     (``dataset_path: json``, ``dataset_kwargs: {data_files: ...}``) that needs no network; with
     ``include_default_tasks=False`` lm-eval's built-in task tree is not indexed (much faster start).
+    ``bootstrap_iters``: lm-eval's resampling count for the ``*_stderr`` values (its default when
+    ``None``; ``0`` skips them, they come back as NaN).
     """
     task_list = [str(t) for t in tasks]
     if not task_list:
@@ -124,6 +127,8 @@ def run_lm_eval(
     lm_eval, hflm_cls = _import_lm_eval()
     was_training = bool(getattr(model, "training", False))
     kwargs: dict[str, Any] = {"limit": limit, "num_fewshot": num_fewshot, "log_samples": False}
+    if bootstrap_iters is not None:
+        kwargs["bootstrap_iters"] = bootstrap_iters
     accepted = inspect.signature(lm_eval.simple_evaluate).parameters
     for name in ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed"):
         if name in accepted:  # seeds are arguments since lm-eval 0.4.1; older versions hard-code them

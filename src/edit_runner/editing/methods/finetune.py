@@ -37,6 +37,9 @@ class FinetuneEditor:
             weight_decay=float(config.ft_weight_decay), batch_size=int(config.ft_batch_size),
         )
 
+    def attach(self, model: torch.nn.Module) -> None:
+        """Fine-tuning edits weights directly: nothing to attach."""
+
     def edit(self, model: torch.nn.Module, tokenizer: Any, records: list[EditRecord], params: list[torch.nn.Parameter]) -> dict[str, float]:
         """Fine-tune ``params`` on ``records``."""
         return finetune(model, tokenizer, records, params, self.settings)

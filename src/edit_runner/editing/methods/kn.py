@@ -143,6 +143,9 @@ class KnEditor:
             for prompt in prompts
         ]
 
+    def attach(self, model: torch.nn.Module) -> None:
+        """KN edits weights directly: nothing to attach."""
+
     def edit(self, model: torch.nn.Module, tokenizer: Any, records: list[EditRecord], params: list[torch.nn.Parameter]) -> dict[str, float]:
         """For each record: select its knowledge neurons, then move their value rows from ``ŷ`` to ``target_new``."""
         layout = layout_for(model.config.model_type)

@@ -2,7 +2,9 @@
 
 Eight tasks (``sst2``, ``mrpc``, ``cola``, ``rte``, ``nli``, ``sentiment_analysis``, ``mmlu``,
 ``dialogue``) are registered in :data:`DOWNSTREAM_TASKS` with their prompt templates (verbatim from
-SPEC D / the reference code), label words and label mapping.
+SPEC D / the reference code), label words and label mapping. Seed 002's fixed few-shot prompts (its
+App. A.3 Tables 4–7) are the variants ``sst2_seed002``, ``mrpc_seed002``, ``cola_seed002`` and
+``rte_seed002`` (its "NLI"), read from the same task files; use them with ``num_shots=0``.
 
 Data: ``<data_dir>/<task>.json`` is a JSON list of dicts in the reference pickles' order. The first
 :data:`FEW_SHOT_POOL` items are the few-shot pool; test items start after it. A test subset of
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,8 @@ class DownstreamTask:
     ``shot`` is the label word of the shot's label). ``label_words[c]`` is the word of class ``c``.
     Generation parsing: the text after the last ``answer_marker`` of the decoded prompt+continuation
     (or, with no marker, the continuation alone) is lower-cased and searched for each substring of
-    ``answer_checks`` in order.
+    ``answer_checks`` in order. ``context`` is a fixed few-shot text put before every question (seed
+    002's prompts); ``data_name`` the task file's stem when it is not ``name``.
     """
 
     name: str
@@ -48,6 +51,8 @@ class DownstreamTask:
     fit_margin: int = 0
     hf_source: tuple[str, str, str] | None = None
     hf_label_format: Callable[[int], Any] | None = None
+    context: str = ""
+    data_name: str | None = None
 
     def fields(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """Template fields of ``item``; list fields (MMLU choices, dialogue options) become ``c0``.. / ``o0``.."""
@@ -58,8 +63,8 @@ class DownstreamTask:
         return values
 
     def question_text(self, item: Mapping[str, Any]) -> str:
-        """The question part of the prompt for ``item`` (no few-shot context)."""
-        return self.question.format_map(self.fields(item))
+        """The question part of the prompt for ``item``, after the fixed ``context`` (no pool shots)."""
+        return self.context + self.question.format_map(self.fields(item))
 
     def shot_text(self, item: Mapping[str, Any]) -> str:
         """One few-shot line for ``item``, ending with its label word and the line terminator."""
@@ -207,13 +212,111 @@ _register(
 )
 
 
+# Seed 002 (App. A.3, Tables 4–7): fixed few-shot contexts, verbatim from the authors'
+# scalable-model-editing/gradual-catastrophic-forgetting glue_eval/{sst,mrpc,cola,rte}_eval.py (the MRPC
+# shots are in the code's order, which differs from Table 5's; seed 002 generates 10 tokens for CoLA).
+_SEED002_SST2 = "".join(
+    f"Review : {text}\nSentiment : {label}\n\n"
+    for text, label in (
+        ("excruciatingly unfunny and pitifully unromantic", "negative"),
+        ("rich veins of funny stuff in this movie", "positive"),
+        ("by far the worst movie of the year", "negative"),
+        ("fashioning an engrossing entertainment out", "positive"),
+    )
+)
+_SEED002_MRPC = "".join(
+    f"Are the sentences paraphrases of each other.\nSentence 1: {one}\nSentence 2: {two}\nAnswer: {label}\n\n"
+    for one, two, label in (
+        (
+            "Mr McDevitt has been granted control of three crucial aspects of policing in the Solomons.",
+            "Mr McDevitt has been granted control of three aspects of policing by Commissioner William Morrell.",
+            "No",
+        ),
+        (
+            "They had published an advertisement on the Internet on June 10, offering the cargo for sale, he added.",
+            "On June 10, the ship's owners had published an advertisement on the Internet, offering the explosives for sale.",
+            "Yes",
+        ),
+        (
+            "In 2002, Linksys overtook Cisco Systems as the leading wireless equipment vendor, accounting for 14.1 percent of revenue.",
+            "Rolfe said Linksys overtook Cisco Systems last year as the leading supplier of WLAN equipment.",
+            "No",
+        ),
+        ("The notification was first reported Friday by MSNBC.", "MSNBC.com first reported the CIA request on Friday.", "Yes"),
+        (
+            '"The anticipated global sales improvement in the month of June did not materialize", said Chief Financial Officer Robert Rivet.',
+            '"The anticipated global sales improvement in the month of June did not materialize as we had anticipated", the company said.',
+            "Yes",
+        ),
+        (
+            "That compared with $ 35.18 million, or 24 cents per share, in the year-ago period.",
+            "Earnings were affected by a non-recurring $8 million tax benefit in the year-ago period.",
+            "No",
+        ),
+    )
+)
+_SEED002_COLA = "".join(
+    f"Is this sentence linguistically acceptable?\nSentence : {text}\nAnswer : {label}\n\n"
+    for text, label in (
+        ("Bill pushed Harry off the sofa for hours.", "No"),
+        ("Bill floated down the river for hours.", "Yes"),
+        ("It is important for the more you eat, the more careful you to be.", "No"),
+        ("It is important for you to be more careful, the more you eat.", "Yes"),
+        ("Mary will believe Susan, and you will Bob.", "Yes"),
+        ("You will Bob believe.", "No"),
+    )
+)
+_SEED002_RTE = "".join(
+    f"{premise}\nquestion: {hypothesis} True or False?\nanswer: {label}\n\n"
+    for premise, hypothesis, label in (
+        (
+            "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and Babylonian "
+            "rulers by sending prisoners in Babylonia back to their original homelands and aiding in the restoration "
+            "of temples of the gods of various nations.",
+            "Babylon surrendered to Cyrus without going to battle.",
+            "False",
+        ),
+        (
+            "Successful plaintiffs recovered punitive damages in Texas discrimination cases 53% of the time.",
+            "Legal costs to recover punitive damages are a deductible business expense.",
+            "True",
+        ),
+        (
+            "The gastric bypass operation, also known as stomach stapling, has become the most common surgical procedure "
+            "for treating obesity.",
+            "Obesity is medically treated.",
+            "False",
+        ),
+    )
+)
+
+
+def _seed002_variant(base: str, context: str, question: str, marker: str) -> None:
+    task = DOWNSTREAM_TASKS.get(base)
+    _register(
+        replace(
+            task, name=f"{base}_seed002", context=context, question=question, shot=question + " {answer}\n\n",
+            answer_marker=marker, data_name=base,
+        )
+    )
+
+
+_seed002_variant("sst2", _SEED002_SST2, "Review : {sentence}\nSentiment :", "Sentiment :")
+_seed002_variant(
+    "mrpc", _SEED002_MRPC, "Are the sentences paraphrases of each other.\nSentence 1: {sentence1}\nSentence 2: {sentence2}\nAnswer:",
+    "Answer:",
+)
+_seed002_variant("cola", _SEED002_COLA, "Is this sentence linguistically acceptable?\nSentence : {sentence}\nAnswer :", "Answer :")
+_seed002_variant("rte", _SEED002_RTE, "{sentence1}\nquestion: {sentence2} True or False?\nanswer:", "answer:")
+
+
 def get_task(name: str) -> DownstreamTask:
     """The registered task ``name`` (a ConfigError lists the valid names)."""
     return DOWNSTREAM_TASKS.get(name)
 
 
 def task_file(task: str, data_dir: str | Path) -> Path:
-    """``<data_dir>/<task>.json``."""
+    """``<data_dir>/<stem>.json``, the stem being the task's ``data_name`` (its own name by default)."""
     return Path(data_dir) / f"{task}.json"
 
 
