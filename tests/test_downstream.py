@@ -233,6 +233,10 @@ def test_registry_names_and_label_words():
         "sentiment_analysis",
         "mmlu",
         "dialogue",
+        "sst2_seed002",
+        "mrpc_seed002",
+        "cola_seed002",
+        "rte_seed002",
     ]
     assert get_task("sst2").label_words == ("negative", "positive")
     assert get_task("rte").label_words == ("False", "True")

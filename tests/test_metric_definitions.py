@@ -134,7 +134,7 @@ def test_iterative_delta_p_is_signed_with_per_record_rows_and_the_unedited_p_hat
     summary = {"pre": {"efficacy_success": 0.1}}
     wrapper.summarize(summary, [{"iterations": rows}])
     table = summary["iterations"]
-    assert table[0] == {"iteration": 0, "p_bar": None, "p_hat": pytest.approx(7.0), "delta_p": None, "post": {"efficacy_success": 0.1}}
+    assert table[0] == {"iteration": 0, "p_bar": None, "p_hat": pytest.approx(7.0), "delta_p": None, "post": None}
     assert [t["iteration"] for t in table] == [0, 1, 2]
     # a negative Δp stops abs_delta when |Δp| ≤ ε: p̄ = 2, p̂ = 1.5 → Δp = −0.5
     history = iterate(lambda: torch.log(torch.tensor([2.0])), lambda: torch.log(torch.tensor([1.5])), lambda: None, lambda _: None, 5, "abs_delta", 0.6)
@@ -235,3 +235,62 @@ def test_ft_c_on_gpt2_matches_the_reference_loop_with_its_own_tokenisation(tiny_
     reference_ids = tokenizer(targets, return_tensors="pt", padding=True)["input_ids"]  # no BOS; pad = unk: masked
     slow = _reference_ft(model, tokenizer, texts, targets, param, settings.lr, settings.num_steps, settings.norm_constraint, reference_ids)
     assert torch.allclose(ours, slow, atol=1e-7, rtol=0) and ours.abs().max() > 0
+
+
+# ---------------------------------------------------------------- seed 002: fixed few-shot prompts
+
+
+def test_seed002_fixed_prompts_are_the_authors_glue_eval_strings(shared_dir):
+    from edit_runner.evaluation.downstream.prompts import build_prompt, parse_generation
+    from edit_runner.evaluation.downstream.tasks import load_task_split, task_file
+
+    sst2, used = build_prompt("sst2_seed002", {"sentence": "a gem", "label": 1})
+    assert used == 0 and sst2 == (
+        "Review : excruciatingly unfunny and pitifully unromantic\nSentiment : negative\n\n"
+        "Review : rich veins of funny stuff in this movie\nSentiment : positive\n\n"
+        "Review : by far the worst movie of the year\nSentiment : negative\n\n"
+        "Review : fashioning an engrossing entertainment out\nSentiment : positive\n\n"
+        "Review : a gem\nSentiment :"
+    )
+    cola, _ = build_prompt("cola_seed002", {"sentence": "Dogs bark.", "label": 1})
+    assert cola.startswith("Is this sentence linguistically acceptable?\nSentence : Bill pushed Harry off the sofa for hours.\nAnswer : No\n\n")
+    assert cola.endswith("Answer : No\n\nIs this sentence linguistically acceptable?\nSentence : Dogs bark.\nAnswer :")
+    assert cola.count("Answer :") == 7  # six fixed shots + the question
+    mrpc, _ = build_prompt("mrpc_seed002", {"sentence1": "A.", "sentence2": "B.", "label": 0})
+    assert mrpc.count("Answer:") == 7 and mrpc.endswith("\n\nAre the sentences paraphrases of each other.\nSentence 1: A.\nSentence 2: B.\nAnswer:")
+    rte, _ = build_prompt("rte_seed002", {"sentence1": "P.", "sentence2": "H.", "label": 0})
+    assert rte.count("True or False?\nanswer:") == 4 and rte.endswith("answer: False\n\nP.\nquestion: H. True or False?\nanswer:")
+    # answers are read after the last marker, so the fixed shots' labels never count
+    assert parse_generation("rte_seed002", rte + " True", rte) == 1
+    assert parse_generation("sst2_seed002", sst2 + " negative", sst2) == 0
+    # the variants read the base task's file
+    data_dir = shared_dir / "data" / "downstream"
+    assert task_file("mrpc_seed002", data_dir) == task_file("mrpc", data_dir)
+    assert len(load_task_split("cola_seed002", data_dir, num_items=4, num_shots=0).tests) == 4
+
+
+# ---------------------------------------------------------------- seed 004: generation entropy
+
+
+def test_fluency_samples_top5_up_to_100_tokens_for_every_record_and_averages_per_record(monkeypatch):
+    from edit_runner.evaluation import trackers
+
+    calls = []
+    canned = {"g1": "a b a b", "g2": "x y", "r2": "p q p q"}
+
+    def fake_sample(model, tokenizer, prompts, max_out_len, generator, top_k=5):
+        calls.append((list(prompts), max_out_len, top_k))
+        return [canned[p] for p in prompts]
+
+    monkeypatch.setattr(trackers, "sample_continuations", fake_sample)
+    records = [
+        EditRecord("1", "S", "{} r", "x", "y", generation_prompts=("g1", "g2")),
+        EditRecord("2", "T", "{} r", "x", "y", generation_prompts=("r2",)),
+    ]
+    value = trackers.fluency(None, None, records, seed=3)
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))  # "a b a b": bigrams ab ×2, ba ×1
+    h3 = 1.0  # trigrams aba, bab
+    abab = (2 / 3 * h2 + 4 / 3 * h3) / 2
+    xy = 0.0  # one bigram, no trigram
+    assert value == pytest.approx(((abab + xy) / 2 + abab) / 2, rel=1e-12)  # mean over records of the record means
+    assert calls == [(["g1", "g2"], 100, 5), (["r2"], 100, 5)]

@@ -131,6 +131,7 @@ class DownstreamConfig:
     num_items: int = 200
     num_shots: int = 0
     mode: str = "probability"
+    selection: str = "balanced"  # or "first": the first num_items test items (the reference's number_of_tests)
 
 
 @dataclass

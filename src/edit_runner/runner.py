@@ -191,7 +191,7 @@ class Runner:
         m = self.cfg.model
         loaded = load_model(
             m.path, gguf_file=m.gguf_file, source=m.source.value, name=m.name, revision=m.revision, dtype=m.dtype, device=m.device,
-            cache_dir=self.cache_dir,
+            cache_dir=self.cache_dir, device_map=m.device_map,
         )
         depth = num_layers(loaded.model, loaded.layout)
         bad = [layer for layer in self.cfg.algo.layers if not 0 <= int(layer) < depth]

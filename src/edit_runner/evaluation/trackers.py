@@ -7,6 +7,8 @@ lm-eval tasks and generation fluency. All series are tidy rows that survive resu
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +21,7 @@ from edit_runner.evaluation.health import forgetting_stats, layer_norm_stats, ng
 from edit_runner.evaluation.perplexity import evaluate_perplexity
 from edit_runner.evaluation.series import series_rows
 from edit_runner.models.layout import weight_matrix
-from edit_runner.models.sampling import greedy_texts
+from edit_runner.models.sampling import sample_continuations
 
 
 def record_success(row: dict[str, Any]) -> bool:
@@ -32,10 +34,29 @@ def record_success(row: dict[str, Any]) -> bool:
     return float(row.get("efficacy_accuracy") or 0.0) >= 1.0
 
 
-def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], max_prompts: int = 50) -> float:
-    """N-gram entropy (SPEC C §11.1) of greedy generations on the records' generation prompts."""
-    prompts = [p for r in records for p in r.generation_prompts[:2]] or [r.rewrite_prompt for r in records]
-    return ngram_entropy(greedy_texts(model, tokenizer, prompts[:max_prompts]))
+FLUENCY_MAX_OUT_LEN = 100
+"""``generate_fast``'s ``max_out_len``: prompt plus sampled tokens."""
+
+TRACKER_FLUENCY_RECORDS = 25
+"""Records whose generations a scheduled tracker point samples (the first edits: the same ones every time)."""
+
+
+def fluency(model: torch.nn.Module, tokenizer, records: list[EditRecord], seed: int = 0) -> float:
+    """N-gram entropy as kmeng01 / ENCORE ``eval_utils_counterfact.test_generation`` computes it.
+
+    For every record, one top-5 sample per generation prompt (the rewrite prompt when it has none) of
+    up to :data:`FLUENCY_MAX_OUT_LEN` tokens, prompt included (``generate_fast``); each text NFKD-
+    normalised with blank lines joined, as ``generate_fast`` returns it; the record's value is
+    :func:`~edit_runner.evaluation.health.ngram_entropy` of its texts and the result the mean over
+    records (the reference's summarised ``ngram_entropy``). ``seed`` seeds the sampling.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for record in records:
+        prompts = list(record.generation_prompts) or [record.rewrite_prompt]
+        texts = sample_continuations(model, tokenizer, prompts, FLUENCY_MAX_OUT_LEN, generator, top_k=5)
+        values.append(ngram_entropy(unicodedata.normalize("NFKD", t).replace("\n\n", " ") for t in texts))
+    return sum(values) / len(values) if values else math.nan
 
 
 class HealthTracker:
@@ -106,7 +127,7 @@ class HealthTracker:
 
             results = evaluate_downstream(
                 model, tokenizer, list(cfg.downstream.tasks), cfg.downstream.data_dir, num_items=cfg.downstream.num_items,
-                num_shots=cfg.downstream.num_shots, mode=cfg.downstream.mode,
+                num_shots=cfg.downstream.num_shots, mode=cfg.downstream.mode, selection=cfg.downstream.selection,
             )
             for task, metrics in results.items():
                 rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=task)
@@ -119,7 +140,7 @@ class HealthTracker:
                 rows += series_rows(num_edits, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, task=f"lm_eval:{task}")
             point["lm_eval"] = results
         if cfg.fluency and edited:
-            entropy = fluency(model, tokenizer, edited)
+            entropy = fluency(model, tokenizer, edited[:TRACKER_FLUENCY_RECORDS], self.seed)
             rows += series_rows(num_edits, {"ngram_entropy": entropy}, family="fluency")
             point["fluency"] = entropy
         self.sink(rows)

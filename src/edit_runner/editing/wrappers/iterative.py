@@ -136,11 +136,11 @@ class Iterative(Wrapper):
 
     def summarize(self, summary: dict[str, Any], steps: list[dict[str, Any]]) -> None:
         """Seed 000 Table 6 (one-step runs): p̄, p̂, the signed Δp and the metrics of each iteration, from
-        iteration 0 (the unedited weights: p̂ only, ``post`` = the pre-edit metrics where measured)."""
+        iteration 0 (the unedited weights: p̂ only; its metrics are ``summary.pre``)."""
         iterations = [it for step in steps for it in step["iterations"]]
         if iterations and len(steps) == 1:
             summary["iterations"] = [
-                {"iteration": 0, "p_bar": None, "p_hat": iterations[0]["p_hat_0"], "delta_p": None, "post": summary.get("pre")},
+                {"iteration": 0, "p_bar": None, "p_hat": iterations[0]["p_hat_0"], "delta_p": None, "post": None},
                 *(
                     {"iteration": it["iteration"], "p_bar": it["p_bar"], "p_hat": it["p_hat"], "delta_p": it["delta_p"], "post": it["metrics"]}
                     for it in iterations

@@ -270,9 +270,9 @@ _SEED002_RTE = "".join(
     f"{premise}\nquestion: {hypothesis} True or False?\nanswer: {label}\n\n"
     for premise, hypothesis, label in (
         (
-            "Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and Babylonian "
+            ("Cyrus captured Babylon without a battle, and remedied the evils done by previous Assyrian and Babylonian "
             "rulers by sending prisoners in Babylonia back to their original homelands and aiding in the restoration "
-            "of temples of the gods of various nations.",
+            "of temples of the gods of various nations."),
             "Babylon surrendered to Cyrus without going to battle.",
             "False",
         ),
@@ -282,8 +282,8 @@ _SEED002_RTE = "".join(
             "True",
         ),
         (
-            "The gastric bypass operation, also known as stomach stapling, has become the most common surgical procedure "
-            "for treating obesity.",
+            ("The gastric bypass operation, also known as stomach stapling, has become the most common surgical procedure "
+            "for treating obesity."),
             "Obesity is medically treated.",
             "False",
         ),
@@ -317,7 +317,7 @@ def get_task(name: str) -> DownstreamTask:
 
 def task_file(task: str, data_dir: str | Path) -> Path:
     """``<data_dir>/<stem>.json``, the stem being the task's ``data_name`` (its own name by default)."""
-    return Path(data_dir) / f"{task}.json"
+    return Path(data_dir) / f"{get_task(task).data_name or task}.json"
 
 
 def load_task_items(task: str, data_dir: str | Path) -> list[dict[str, Any]]:
