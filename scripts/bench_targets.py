@@ -80,8 +80,9 @@ def reference_z(model: torch.nn.Module, tokenizer, record: EditRecord, site: str
         for it in range(settings.num_steps):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             log_probs = torch.log_softmax(logits[:n_rewrite], dim=2)
-            picked = torch.gather(log_probs[:, :-1], 2, torch.where(targets[:, 1:] != -100, targets[:, 1:], 0).unsqueeze(2)).squeeze(2)
-            mask = (targets[:, 1:] != -100).float()
+            # positions len−T … len−1 hold the labels of the T target tokens (the reference's rewriting_targets)
+            picked = torch.gather(log_probs, 2, torch.where(targets != -100, targets, 0).unsqueeze(2)).squeeze(2)
+            mask = (targets != -100).float()
             nll = (-(picked * mask).sum(1) / len(target)).mean()
             kl_log_probs = torch.log_softmax(logits[n_rewrite, lookups[n_rewrite]][None], dim=1)
             if "kl_init" not in state:

@@ -113,6 +113,22 @@ def test_cached_equals_full_pass_llama_two_sites_pmet_rule(stories260k):
     assert_same(cached, full, sites)
 
 
+def test_records_that_stop_leave_the_batch_without_changing_the_others(stories260k):
+    """Optimizing records together (MPES stops them at different steps, their rows are dropped) equals
+    optimizing each alone."""
+    site = stories260k.layout.layer(2)
+    settings = settings_for((site,), 25)
+    rule = (MPESRule(-1),)
+    together = optimize_targets(stories260k.model, stories260k.tokenizer, STORY_RECORDS, MEMIT_TEMPLATES, settings, stop_rules=rule)
+    assert len(set(together.steps.tolist())) > 1
+    for r, record in enumerate(STORY_RECORDS):
+        alone = optimize_targets(stories260k.model, stories260k.tokenizer, [record], MEMIT_TEMPLATES, settings, stop_rules=rule)
+        assert int(alone.steps[0]) == int(together.steps[r])
+        scale = float(alone.z[site].norm())
+        assert float((alone.z[site][:, 0] - together.z[site][:, r]).abs().max()) / scale < 1e-4
+        assert abs(float(alone.final_nll[0] - together.final_nll[r])) < 1e-4
+
+
 class _NoCacheBase(nn.Module):
     """A base model whose forward takes no cache argument."""
 

@@ -346,9 +346,10 @@ def test_na_loss_term_lowers_the_neighbor_nll_under_delta(stories260k):
 
 
 def test_mpes_rule_counts_all_argmax_passes_and_probability_cutoff():
-    def stats(step, prefixed, nll):
+    def stats(step, prefixed, nll, prob=None):
         flags = torch.tensor(prefixed)
-        return StepStats(step, torch.tensor(nll), flags, flags, torch.zeros(len(prefixed)))
+        prob = torch.exp(-torch.tensor(nll)) if prob is None else torch.tensor(prob)
+        return StepStats(step, torch.tensor(nll), flags, flags, torch.zeros(len(prefixed)), prob)
 
     rule = MPESRule(-3)
     rule.reset(2)
@@ -360,10 +361,13 @@ def test_mpes_rule_counts_all_argmax_passes_and_probability_cutoff():
     assert outcomes == [[False, False], [False, False], [False, False], [True, False]]
     rule = MPESRule(0.5)
     rule.reset(2)
-    assert rule.should_stop(stats(0, [False, False], [0.5, 1.0])).tolist() == [
-        True,
-        False,
-    ]  # exp(−0.5) > 0.5 > exp(−1)
+    # record 0: two prompts with NLL 0.5 and 1.0 → (e^−0.5 + e^−1)/2 = 0.487 < 0.5 (exp(−mean NLL) = 0.472 would
+    # not stop either); record 1: NLLs 0.1 and 1.2 → (0.905 + 0.301)/2 = 0.603 > 0.5, while exp(−0.65) = 0.522
+    prob = [(math.exp(-0.5) + math.exp(-1.0)) / 2, (math.exp(-0.1) + math.exp(-1.2)) / 2]
+    assert rule.should_stop(stats(0, [False, False], [0.75, 0.65], prob)).tolist() == [False, True]
+    rule = MPESRule(0.55)
+    rule.reset(2)  # the mean of probabilities, not exp(−mean NLL): 0.603 > 0.55 although exp(−0.65) = 0.522 < 0.55
+    assert rule.should_stop(stats(0, [False, False], [0.75, 0.65], prob)).tolist() == [False, True]
     with pytest.raises(ConfigError, match="prob_cutoff=0"):
         MPESRule(0)
 

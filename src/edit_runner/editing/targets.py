@@ -73,6 +73,7 @@ class StepStats:
     all_argmax: torch.Tensor
     prefixed_all_argmax: torch.Tensor
     kl: torch.Tensor
+    rewrite_prob: torch.Tensor  # mean over the rewriting prompts of exp(−NLL_i) (ENCORE's MPES probability)
 
 
 class StopRule(Protocol):
@@ -168,6 +169,38 @@ def _segment_all(flags: torch.Tensor, segments: torch.Tensor, num: int) -> torch
 TargetProgress = Callable[[int, int, torch.Tensor], None]
 
 
+@dataclass
+class _RowSet:
+    """Index tensors of the rows a step runs: per row, per target token, per KL row."""
+
+    record: torch.Tensor
+    lookup: torch.Tensor
+    norm_len: torch.Tensor
+    is_rewrite: torch.Tensor
+    is_neighbor: torch.Tensor
+    tok_row: torch.Tensor
+    tok_pos: torch.Tensor
+    tok_id: torch.Tensor
+    tok_rewrite: torch.Tensor
+    tok_prefixed: torch.Tensor
+    kl_rows: torch.Tensor
+    kl_index: torch.Tensor
+
+    def select(self, where: torch.Tensor) -> _RowSet:
+        """The subset of rows ``where`` (indices into this set), renumbered."""
+        renumber = torch.full_like(self.record, -1)
+        renumber[where] = torch.arange(len(where), device=where.device)
+        tokens = renumber[self.tok_row] >= 0
+        kl = renumber[self.kl_rows] >= 0
+        return _RowSet(
+            *(t[where] for t in (self.record, self.lookup, self.norm_len, self.is_rewrite, self.is_neighbor)),
+            renumber[self.tok_row[tokens]],
+            *(t[tokens] for t in (self.tok_pos, self.tok_id, self.tok_rewrite, self.tok_prefixed)),
+            renumber[self.kl_rows[kl]],
+            self.kl_index[kl],
+        )
+
+
 class _StepPass:
     """How each Adam step runs the batch: the full rows, or only the tokens from each row's subject-last
     token on, after a KV cache of the tokens before it (nothing there depends on δ in a causal LM).
@@ -207,6 +240,12 @@ class _StepPass:
         }
         self.lookup, self.shift = torch.zeros_like(last), last
 
+    def select(self, where: torch.Tensor) -> None:
+        """Keep only rows ``where`` from now on (records that stopped leave the batch)."""
+        self.inputs = {k: v[where] for k, v in self.inputs.items()}
+        if self.prefix_cache is not None:
+            self.prefix_cache.batch_select_indices(where)
+
     def hidden(self) -> torch.Tensor:
         """Last hidden states of one step (the prefix cache is copied, so it never grows across steps)."""
         extra = {} if self.prefix_cache is None else {self.cache_key: copy.deepcopy(self.prefix_cache), "use_cache": True}
@@ -220,33 +259,41 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
     for term in extra_rows:
         rows += term.rows(records, templates, tokenizer)
     batch = encode_prompts(tokenizer, [r.prompt for r in rows], [list(r.target[:-1]) for r in rows]).to(device)
-    row_record = torch.tensor([r.record for r in rows], device=device)
     kinds = [r.kind for r in rows]
     first_rows = torch.tensor([next(i for i, r in enumerate(rows) if r.record == k and r.kind == "rewrite" and r.template_index == 0) for k in range(m)], device=device)
-    kl_rows = torch.tensor([i for i, k in enumerate(kinds) if k == "kl"], device=device)
-    kl_record = row_record[kl_rows]
+    as_tensor = lambda values: torch.tensor(values, device=device)
     row_i, pos_i, tok_i, _ = (t.to(device) for t in _target_positions(rows, batch.lengths.cpu()))
-    norm_len = torch.tensor([float(r.norm_len) for r in rows], device=device)
-    is_rewrite = torch.tensor([k == "rewrite" for k in kinds], device=device)
-    is_neighbor = torch.tensor([k == "neighbor" for k in kinds], device=device)
-    is_prefixed = torch.tensor([r.kind == "rewrite" and r.template_index > 0 for r in rows], device=device)
+    is_rewrite = as_tensor([k == "rewrite" for k in kinds])
+    is_prefixed = as_tensor([r.kind == "rewrite" and r.template_index > 0 for r in rows])
+    kl_rows = as_tensor([i for i, k in enumerate(kinds) if k == "kl"])
     has_neighbors = "neighbor" in kinds
     has_prefixed = any(r.kind == "rewrite" and r.template_index > 0 for r in rows)
-    rewrite_tokens, prefixed_tokens = is_rewrite[row_i], is_prefixed[row_i]
-    token_record = row_record[row_i]
 
     step_pass = _StepPass(model.base_model, batch, settings.reuse_prefix)
-    pos_i = pos_i - step_pass.shift[row_i]
-    kl_pos = step_pass.lookup[kl_rows]
+    rs = _RowSet(
+        record=as_tensor([r.record for r in rows]),
+        lookup=step_pass.lookup,
+        norm_len=as_tensor([float(r.norm_len) for r in rows]),
+        is_rewrite=is_rewrite,
+        is_neighbor=as_tensor([k == "neighbor" for k in kinds]),
+        tok_row=row_i,
+        tok_pos=pos_i - step_pass.shift[row_i],
+        tok_id=tok_i,
+        tok_rewrite=is_rewrite[row_i],
+        tok_prefixed=is_prefixed[row_i],
+        kl_rows=kl_rows,
+        kl_index=torch.arange(len(kl_rows), device=device),
+    )
     hidden_size = model.config.hidden_size
     delta = torch.zeros((len(settings.sites), m, hidden_size), device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
-    injector = _DeltaInjector(delta, settings.sites, row_record, step_pass.lookup, first_rows)
+    injector = _DeltaInjector(delta, settings.sites, rs.record, rs.lookup, first_rows)
     lm_head = model.get_output_embeddings()
 
     for rule in stop_rules:
         rule.reset(m)
     active = torch.ones(m, dtype=torch.bool, device=device)
+    running = m
     steps = torch.zeros(m, dtype=torch.long, device=device)
     init_nll = torch.zeros(m, device=device)
     final_nll = torch.zeros(m, device=device)
@@ -255,25 +302,25 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
     for step in range(settings.num_steps):
         with trace(model, settings.sites, edit_output=injector):
             hidden = step_pass.hidden()
-        target_logp = torch.log_softmax(lm_head(hidden[row_i, pos_i]).float(), dim=-1)
-        token_logp = target_logp.gather(1, tok_i[:, None]).squeeze(1)
-        argmax_ok = target_logp.argmax(dim=-1) == tok_i
-        row_sum = torch.zeros(len(rows), device=device).index_add(0, row_i, token_logp)
-        row_nll = -row_sum / norm_len
-        rewrite_nll = _segment_mean(row_nll[is_rewrite], row_record[is_rewrite], m)
+        target_logp = torch.log_softmax(lm_head(hidden[rs.tok_row, rs.tok_pos]).float(), dim=-1)
+        token_logp = target_logp.gather(1, rs.tok_id[:, None]).squeeze(1)
+        argmax_ok = target_logp.argmax(dim=-1) == rs.tok_id
+        row_sum = torch.zeros(len(rs.record), device=device).index_add(0, rs.tok_row, token_logp)
+        row_nll = -row_sum / rs.norm_len
+        rewrite_nll = _segment_mean(row_nll[rs.is_rewrite], rs.record[rs.is_rewrite], m)
         nll = rewrite_nll
         if has_neighbors:
             if settings.pooled_neighbors:
-                pooled = is_rewrite | is_neighbor
-                nll = _segment_mean(row_nll[pooled], row_record[pooled], m)
+                pooled = rs.is_rewrite | rs.is_neighbor
+                nll = _segment_mean(row_nll[pooled], rs.record[pooled], m)
             else:
-                nll = rewrite_nll + settings.neighbor_weight * _segment_mean(row_nll[is_neighbor], row_record[is_neighbor], m)
-        kl_logp = torch.log_softmax(lm_head(hidden[kl_rows, kl_pos]).float(), dim=-1)
+                nll = rewrite_nll + settings.neighbor_weight * _segment_mean(row_nll[rs.is_neighbor], rs.record[rs.is_neighbor], m)
+        kl_logp = torch.log_softmax(lm_head(hidden[rs.kl_rows, rs.lookup[rs.kl_rows]]).float(), dim=-1)
         if kl_init is None:
             kl_init = kl_logp.detach().clone()
             h_norms = torch.stack([injector.h_init[s].norm(dim=-1) for s in settings.sites])
-        kl_per_row = (kl_logp.exp() * (kl_logp - kl_init)).sum(dim=-1)
-        kl = settings.kl_factor * torch.zeros(m, device=device).index_add(0, kl_record, kl_per_row)
+        kl_per_row = (kl_logp.exp() * (kl_logp - kl_init[rs.kl_index])).sum(dim=-1)
+        kl = settings.kl_factor * torch.zeros(m, device=device).index_add(0, rs.record[rs.kl_rows], kl_per_row)
         weight_decay = settings.weight_decay * (delta.norm(dim=-1) / h_norms**2).sum(dim=0)
         loss = nll_weight * nll + kl + weight_decay
         current = rewrite_nll.detach()
@@ -282,9 +329,11 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
         final_nll = torch.where(active, current, final_nll)
         steps = torch.where(active, step, steps)
 
-        all_argmax = _segment_all(argmax_ok[rewrite_tokens], token_record[rewrite_tokens], m)
-        prefixed_ok = _segment_all(argmax_ok[prefixed_tokens], token_record[prefixed_tokens], m) if has_prefixed else all_argmax
-        stats = StepStats(step, current, all_argmax, prefixed_ok, kl.detach())
+        token_record = rs.record[rs.tok_row]
+        all_argmax = _segment_all(argmax_ok[rs.tok_rewrite], token_record[rs.tok_rewrite], m)
+        prefixed_ok = _segment_all(argmax_ok[rs.tok_prefixed], token_record[rs.tok_prefixed], m) if has_prefixed else all_argmax
+        rewrite_prob = _segment_mean(torch.exp(-row_nll[rs.is_rewrite].detach()), rs.record[rs.is_rewrite], m)
+        stats = StepStats(step, current, all_argmax, prefixed_ok, kl.detach(), rewrite_prob)
         stop = loss.detach() < LOSS_THRESHOLD
         for rule in stop_rules:
             stop |= rule.should_stop(stats).to(device)
@@ -296,11 +345,17 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
         active &= ~stop
         if progress is not None:
             progress(done, step, loss.detach())
-        finite, running = torch.stack((torch.isfinite(loss.detach()).all(), active.any())).tolist()  # the one host sync of a step
+        finite, now_running = torch.stack((torch.isfinite(loss.detach()).all().long(), active.sum())).tolist()  # the one host sync of a step
         if not finite:
             _diverged(records, loss)
-        if not running:
+        if not now_running:
             break
+        if now_running < running:  # stopped records leave the batch: their rows no longer affect any loss
+            where = torch.nonzero(active[rs.record]).flatten()
+            rs = rs.select(where)
+            step_pass.select(where)
+            injector.row_record, injector.lookup = rs.record, rs.lookup
+            running = now_running
         (loss * active).sum().backward()
         before = delta.detach().clone()
         optimizer.step()

@@ -30,7 +30,7 @@ class MPESRule:
 
     ``prob_cutoff < 0``: count the passes at which every target token is the argmax in every
     prefixed prompt; stop at the ``|prob_cutoff|``-th. ``0 < prob_cutoff < 1``: stop once the mean
-    per-token geometric-mean probability over the rewriting prompts exceeds it.
+    over the rewriting prompts of ``exp(−NLL_i)`` (``NLL_i`` per-token, ENCORE's ``compute_z.py``) exceeds it.
     """
 
     def __init__(self, prob_cutoff: float) -> None:
@@ -48,7 +48,7 @@ class MPESRule:
         if self.prob_cutoff < 0:
             self.counter = self.counter.to(stats.prefixed_all_argmax.device) + stats.prefixed_all_argmax.long()
             return self.counter >= round(abs(self.prob_cutoff))
-        return torch.exp(-stats.rewrite_nll) > self.prob_cutoff
+        return stats.rewrite_prob > self.prob_cutoff
 
 
 class MPES(Wrapper):
