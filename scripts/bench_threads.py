@@ -28,7 +28,7 @@ from edit_runner.editing.algorithms import algorithm_spec
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.targets import OptimizationSettings, optimize_targets
 from edit_runner.models.loading import load_model
-from edit_runner.threads import default_num_threads
+from edit_runner.threads import default_num_threads, usable_cores
 
 TEMPLATES = ContextTemplates(groups=(("{}", "The day began. {}", "She said that. {}", "In the end, {}", "Yesterday. {}"),))
 
@@ -64,10 +64,10 @@ def main() -> None:
 
     loaded = load_model(source="smollm2", name="smollm2-135m", device="cpu")
     records = load_records("demo", None)[: args.records]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    default = default_num_threads()
-    settings = {"1 thread": 1, f"default ({default})": default, f"2x cores ({2 * cores})": 2 * cores}
-    optimization_seconds(loaded, records[:1], default)  # warm-up
+    cores = usable_cores()
+    idle_default, loaded_default = default_num_threads(load=0.0), default_num_threads(load=float(args.burners))
+    settings = {"1 thread": 1, f"all cores ({cores})": cores, f"2x cores ({2 * cores})": 2 * cores}
+    optimization_seconds(loaded, records[:1], cores)  # warm-up
     times: dict[str, list[float]] = {f"idle, {name}": [] for name in settings} | {f"loaded, {name}": [] for name in settings}
     for _ in range(args.rounds):
         for name, threads in settings.items():
@@ -83,13 +83,14 @@ def main() -> None:
             stop.set()
             for process in burners:
                 process.join()
-    print(f"cores in affinity mask: {cores}; runner default threads: {default}; {args.records} records x 20 steps; "
-          f"loaded = {args.burners} CPU-bound process(es) beside; load average now {os.getloadavg()[0]:.2f}")
-    for load in ("idle", "loaded"):
-        reference = statistics.median(times[f"{load}, default ({default})"])
-        for name in settings:
+    print(f"usable cores: {cores}; runner default threads: {idle_default} idle, {loaded_default} beside {args.burners} "
+          f"CPU-bound process(es); {args.records} records x 20 steps; load average now {os.getloadavg()[0]:.2f}")
+    for load, default in (("idle", idle_default), ("loaded", loaded_default)):
+        reference = statistics.median(times[f"{load}, " + next(n for n, t in settings.items() if t == default)])
+        for name, threads in settings.items():
             median = statistics.median(times[f"{load}, {name}"])
-            print(f"{load:7s} {name:18s} {median:8.2f} s   x{median / reference:5.2f} of the default")
+            mark = "  <- runner default" if threads == default else ""
+            print(f"{load:7s} {name:18s} {median:8.2f} s   x{median / reference:5.2f} of the default{mark}")
 
 
 if __name__ == "__main__":
