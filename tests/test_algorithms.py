@@ -23,7 +23,7 @@ from edit_runner.editing import solvers
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.keys import activations_at_subject, bare_activations, compute_keys, filled_prompts
 from edit_runner.models.layout import weight_matrix
-from editing_helpers import MEMIT_TEMPLATES, algo_config, covariance, make_editor, restore_weights
+from editing_helpers import MEMIT_TEMPLATES, algo_config, covariance, make_editor, restore_weights, wrapper_config
 
 ROME_TEMPLATES = ContextTemplates(
     groups=(("{}", "The cat sat. {}", "Once upon a time. {}", "It was a sunny day. {}", "She smiled. {}"),)
@@ -188,6 +188,54 @@ def test_alphaedit_annihilates_preserved_subspace_and_keeps_key_history(stories2
                 assert torch.allclose(state[layer].double(), previous + keys @ keys.T, rtol=1e-6, atol=1e-9)
                 assert float(torch.trace(state[layer])) > float(torch.trace(previous)) + 1.0
                 history[layer] = state[layer].clone()
+
+
+def test_alphaedit_with_prev_edit_keys_uses_the_in_loop_key_memory_as_history(stories260k, cov_dir, shared_dir):
+    """ENCORE's AlphaEdit: ``solve(P·SEQ_CACHE + L2·I, P K Rᵀ)``, ``SEQ_CACHE`` = in-loop keys of earlier batches.
+
+    Layer l's key (the input of its output projection) depends only on layers below l, so the keys
+    measured inside the layer loop equal those AlphaEdit re-measures after the step: both runs give
+    the same weights, and the memory equals AlphaEdit's own history.
+    """
+    loaded, layers = stories260k, [0, 1]
+    model, tok, layout = loaded.model, loaded.tokenizer, loaded.layout
+    names = [layout.mlp_out.format(layer) for layer in layers]
+    cov = covariance(loaded, layers, cov_dir, shared_dir)
+    algo = algo_config("alphaedit", layers=layers, v_num_grad_steps=6)
+    projector = solvers.null_space_projector(cov.get(names[0]), float(algo.nullspace_threshold))
+    runs = []
+    for wrappers in ({"prev_edit_keys": wrapper_config("prev_edit_keys")}, {}):
+        with restore_weights(model):
+            editor = make_editor(loaded, algo, MEMIT_TEMPLATES, cov, wrappers)
+            memory, per_step = None, []
+            for record in STORY_RECORDS[:2]:
+                before = weights(model, names)
+                keys0 = compute_keys(model, tok, [record], names[0], MEMIT_TEMPLATES).double()
+                cur0 = bare_activations(model, tok, [record], layout.layer(layers[-1]), "output")
+                target = editor.edit([record]).targets[0]
+                after = weights(model, names)
+                state = editor.state_dict()
+                per_step.append((after, state))
+                if wrappers:
+                    resid0 = (target.z[layout.layer(layers[-1])] - cur0) / len(layers)
+                    expected = solvers.alphaedit_delta(keys0, resid0, projector, memory, float(algo.l2))
+                    assert rel(after[names[0]] - before[names[0]], expected) < 1e-4
+                    assert state["solver"] == {}  # no history of its own
+                    kkt = state["terms"]["prev_edit_keys"]["kkt.0"].double()
+                    previous = torch.zeros_like(kkt) if memory is None else memory
+                    assert torch.allclose(kkt, previous + keys0 @ keys0.T, rtol=1e-6, atol=1e-9)
+                    memory = kkt.clone()
+            runs.append(per_step)
+    for (with_memory, memory_state), (plain, plain_state) in zip(*runs):
+        for n in names:
+            assert rel(with_memory[n], plain[n]) < 1e-6
+        for layer in layers:
+            assert torch.allclose(
+                memory_state["terms"]["prev_edit_keys"][f"kkt.{layer}"].double(),
+                plain_state["solver"][f"key_history.{layer}"].double(),
+                rtol=1e-5,
+                atol=1e-8,
+            )
 
 
 # ------------------------------------------------------------------------------------- EMMET

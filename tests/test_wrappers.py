@@ -204,6 +204,48 @@ def test_iterative_abs_delta_and_small_change_stop(stories260k, cov_dir, shared_
     assert len(report.iterations) == 2  # needs two p̂ to compare
 
 
+def _pooled_perplexity(loaded, records, rows) -> float:
+    """Mean over records of exp(mean over the record's rows of Σ target-token NLL / norm_len), δ = 0."""
+    site = loaded.layout.layer(0)
+    nll, _ = score_with_delta(
+        loaded, [r.prompt for r in rows], [list(r.target) for r in rows], site, torch.zeros(len(rows), loaded.model.config.hidden_size)
+    )
+    per_record: dict[int, list[float]] = {}
+    for row, value in zip(rows, nll):
+        per_record.setdefault(row.record, []).append(value * len(row.target) / row.norm_len)
+    return sum(math.exp(sum(v) / len(v)) for v in per_record.values()) / len(records)
+
+
+def test_na_pooled_weighting_pools_the_neighbor_rows_into_p_bar_and_p_hat(stories260k, cov_dir, shared_dir):
+    """RUOE reports the perplexity of the NA loss: rewriting and neighbour rows in one mean (SPEC C §9.2)."""
+    from edit_runner.editing.targets import rewrite_rows
+
+    loaded, records = stories260k, STORY_RECORDS[:2]
+    cov = covariance(loaded, [1, 2], cov_dir, shared_dir)
+    algo = algo_config("memit", layers=[1, 2], v_num_grad_steps=5, mom2_update_weight=100.0)
+    wrappers = {
+        "iterative": wrapper_config("iterative", max_iterations=2, stop_rule="none", epsilon=1.0),
+        "na": wrapper_config("na", weighting="pooled"),
+    }
+    tok = loaded.tokenizer
+    with restore_weights(loaded.model):
+        editor = make_editor(loaded, algo, TEMPLATES, cov, wrappers)
+        (neighbors,) = editor.extra_rows
+        rows = rewrite_rows(records, TEMPLATES, tok, with_kl=False) + neighbors.rows(records, TEMPLATES, tok)
+        plain_rows = rewrite_rows(records, TEMPLATES, tok, with_kl=False)
+        pooled_before = _pooled_perplexity(loaded, records, rows)
+        plain_before = _pooled_perplexity(loaded, records, plain_rows)
+        report = editor.edit(records)
+        pooled_after = _pooled_perplexity(loaded, records, rows)
+    assert any(r.kind == "neighbor" for r in rows)
+    assert abs(pooled_before - plain_before) / plain_before > 1e-3  # the neighbour rows change the mean
+    its = report.iterations
+    # δ = 0 at the first step of iteration 1: the pooled perplexity of the unedited model
+    assert float(torch.tensor(report.init_nll[:2]).exp().mean()) == pytest.approx(pooled_before, rel=1e-4)
+    assert its[-1]["p_hat"] == pytest.approx(pooled_after, rel=1e-4)
+    assert its[0]["p_bar"] == pytest.approx(float(torch.tensor(report.final_nll[:2]).exp().mean()), rel=1e-6)
+
+
 def test_iterate_stop_rules_on_a_constructed_sequence():
     """p̄ = 2 every iteration; p̂ = 2.5, 2.3, 2.4, 2.45, 2.2 → |Δp| = .5, .3, .4, .45, .2."""
     p_hats = [2.5, 2.3, 2.4, 2.45, 2.2]
@@ -522,7 +564,7 @@ SUPPORTED = {
     "memit": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s"},
     "pmet": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s"},
     "emmet": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys"},
-    "alphaedit": {"iterative", "na", "nap", "mpes", "norm_constraint"},
+    "alphaedit": {"iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys"},
     "ft": set(),
     "ft_c": set(),
 }
@@ -665,5 +707,7 @@ def test_every_algorithm_wrapper_combination_runs_or_fails_clearly(
         assert any(key.startswith("sums.") for key in state["solver"])
     if "prev_edit_keys" in wrappers:
         assert sorted(int(key.split(".")[1]) for key in state["terms"]["prev_edit_keys"]) == layers
-    if algo == "alphaedit":
+    if algo == "alphaedit" and "prev_edit_keys" in wrappers:
+        assert state["solver"] == {}  # the key memory is its history (the ENCORE repository's AlphaEdit)
+    elif algo == "alphaedit":
         assert sorted(int(key.split(".")[1]) for key in state["solver"]) == layers

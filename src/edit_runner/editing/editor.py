@@ -236,7 +236,8 @@ class Editor:
 
     def _measure(self, records: list[EditRecord], report: StepReport) -> torch.Tensor:
         start = time.perf_counter()
-        nll = rewrite_nll(self.model, self.tokenizer, records, self.templates)
+        pooled = self.extra_rows if self.optimization.get("pooled_neighbors", False) else ()
+        nll = rewrite_nll(self.model, self.tokenizer, records, self.templates, pooled)
         report.seconds["measure"] += time.perf_counter() - start
         return nll
 

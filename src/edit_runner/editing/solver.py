@@ -31,12 +31,15 @@ class SpreadTerms:
     ``identity`` is ``Σ λ_n`` of the ``+λ_n I`` terms (norm constraint), ``kkt`` the sum of extra
     ``K Kᵀ`` matrices (previous-edit key memory, ``d_in × d_in``), ``bare_keys`` the keys of the bare
     prompts (``d_in × n``; ROME's denominator key), filled only for solvers that declare
-    ``needs_bare_keys``.
+    ``needs_bare_keys``. ``key_memory`` is set when a previous-edit key memory is installed (even
+    before it holds anything): a solver with a key history of its own (AlphaEdit) then takes the
+    memory as that history instead of keeping one.
     """
 
     identity: float = 0.0
     kkt: Tensor | None = None
     bare_keys: Tensor | None = None
+    key_memory: bool = False
 
     def add_kkt(self, matrix: Tensor) -> None:
         """Add one ``d_in × d_in`` matrix to :attr:`kkt`."""

@@ -27,10 +27,12 @@ class AlphaEditSolver:
 
     The projector ``P`` is derived from ``C`` (recomputed after a resume, not checkpointed). The
     history stays on the keys' device (float64, ``d_in × d_in`` per layer) and leaves it only when a
-    checkpoint is written.
+    checkpoint is written. With the previous-edit key memory (``wrapper=prev_edit_keys``; the ENCORE
+    repository's AlphaEdit, whose ``SEQ_CACHE`` holds the in-loop keys of earlier batches) the
+    history is that memory and the solver keeps none of its own.
     """
 
-    accepts: frozenset[str] = frozenset({"identity"})
+    accepts: frozenset[str] = frozenset({"identity", "kkt"})
     needs_covariance = True
     needs_bare_keys = False
 
@@ -40,6 +42,7 @@ class AlphaEditSolver:
         self.dtype = torch.float64 if config.alphaedit_float64 else torch.float32
         self.key_history: dict[int, Tensor] = {}
         self._projectors: dict[int, Tensor] = {}
+        self._history_from_memory = False
 
     def current(self, probe: LayerProbe, z_layer: int, keys: Tensor | None) -> Tensor:
         """Block output at the bare prompts (as MEMIT)."""
@@ -54,14 +57,17 @@ class AlphaEditSolver:
     def delta(self, layer: int, K: Tensor, R: Tensor, C: Tensor | None, terms: SpreadTerms) -> Tensor:
         """The projected update with the key history of earlier steps."""
         assert C is not None
-        history = self.key_history.get(layer)
+        self._history_from_memory = terms.key_memory
+        history = terms.kkt if terms.key_memory else self.key_history.get(layer)
         return solvers.alphaedit_delta(
             K, R, self.projector(layer, C), None if history is None else history.to(K.device), self.l2 + terms.identity,
             dtype=self.dtype,
         )
 
     def after_step(self, probe: LayerProbe, layers: list[int]) -> None:
-        """Add the step's keys, re-measured on the edited model, to each layer's history."""
+        """Add the step's keys, re-measured on the edited model, to each layer's history (none with a key memory)."""
+        if self._history_from_memory:
+            return
         for layer in layers:
             keys = probe.keys(layer)
             kkt = keys @ keys.T

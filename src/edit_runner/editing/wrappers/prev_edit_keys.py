@@ -1,4 +1,10 @@
-"""ENCORE's previous-edit key memory (SPEC C §7.2): ``+ Σ_p K_p K_pᵀ`` of earlier steps in the preservation term."""
+"""ENCORE's previous-edit key memory (SPEC C §7.2): ``+ Σ_p K_p K_pᵀ`` of earlier steps in the preservation term.
+
+The keys are those the spread stage solved for, measured inside the layer loop (lower layers
+already edited, before the layer itself), as the ENCORE repository's ``SEQ_CACHE``. Its MEMIT and
+EMMET add the memory to the preservation term; its AlphaEdit fork uses the same in-loop memory as
+the key history of the projected solve (instead of AlphaEdit's own post-step re-measured keys).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ class KeyMemoryTerm:
         self.memory: dict[int, Tensor] = {}
 
     def contribute(self, layer: int, terms: SpreadTerms) -> None:
-        """Add the memory of ``layer`` (nothing before the first step)."""
+        """Add the memory of ``layer`` (nothing before the first step) and flag that a memory is installed."""
+        terms.key_memory = True
         if layer in self.memory:
             terms.add_kkt(self.memory[layer])
 
