@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -374,6 +375,23 @@ def test_case_id_file_missing_id(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         select_records(records, case_ids_file=ids)
     assert "17, 99" in str(err.value) and "ids.json" in str(err.value)
+
+
+def test_unique_subjects_keeps_the_first_record_of_each_subject_before_the_shuffle(tmp_path: Path) -> None:
+    subjects = ["Paris", "paris", "Rome", "Oslo", "ROME", "Bern", "Oslo"]
+    records = parse_records("custom", [{**GOOD, "case_id": str(i), "subject": s} for i, s in enumerate(subjects)])
+    first_of_each = ["0", "2", "3", "5"]  # case-insensitive, first occurrence, dataset order
+    assert [r.case_id for r in select_records(records, None, unique_subjects=True)] == first_of_each
+    assert [r.case_id for r in select_records(records, 2, offset=1, unique_subjects=True)] == ["2", "3"]
+    # the authors' sampling: filter in dataset order, then shuffle the kept records
+    shuffled = select_records(records, None, seed=5, shuffle=True, unique_subjects=True)
+    order = np.random.default_rng(5).permutation(len(first_of_each))
+    assert [r.case_id for r in shuffled] == [first_of_each[int(i)] for i in order]
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps([4, 1, 2, 0]))  # ROME, paris, Rome, Paris: file order decides
+    assert [r.case_id for r in select_records(records, None, case_ids_file=ids, unique_subjects=True)] == ["4", "1"]
+    with pytest.raises(DataError, match="num_edits=5 but only 4"):
+        select_records(records, 5, unique_subjects=True)
 
 
 def test_selection_rules(tmp_path: Path) -> None:

@@ -21,11 +21,11 @@ from edit_runner.data.edit_orders import (
     published_order,
     read_order,
     resolve_order_file,
-    unique_subject_records,
     write_case_ids,
 )
 from edit_runner.data.loaders import load_records
 from edit_runner.data.record import EditRecord
+from edit_runner.data.selection import unique_subject_records
 from edit_runner.errors import DataError
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "conf" / "experiment"

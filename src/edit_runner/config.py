@@ -98,6 +98,7 @@ class DataConfig:
     seed: int = 0
     shuffle: bool = False
     case_ids_file: str | None = None
+    unique_subjects: bool = False  # keep the first record of each subject (seeds 002/004 sampling rule)
 
 
 @dataclass

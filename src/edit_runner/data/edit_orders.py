@@ -11,7 +11,8 @@ subject is not edited twice", seed 002 §3).
 :data:`PUBLISHED_ORDERS` pins each file (URL, sha256, size). :func:`export_case_ids` turns samples
 into case-id lists (positions mapped through the dataset file), written where a preset's
 ``data.case_ids_file`` expects them; ``python -m edit_runner.data.edit_orders --help`` does the same
-from the command line. :func:`unique_subject_records` is the authors' subject rule as a selection step.
+from the command line. :func:`~edit_runner.data.selection.unique_subject_records` is the authors' subject rule
+(``data.unique_subjects=true`` applies it to a run's selection).
 """
 
 from __future__ import annotations
@@ -189,22 +190,6 @@ def order_case_ids(
             "the order belongs to another (or a partial) dataset file"
         )
     return [records[p].case_id for p in positions]
-
-
-def unique_subject_records(records: Sequence[EditRecord]) -> list[EditRecord]:
-    """The first record of every distinct subject (compared lower-cased), in the given order.
-
-    This is the authors' rule (``create_samples.py``: ``subject.lower()`` kept on first sight) that
-    no subject is edited twice within a sample.
-    """
-    seen: set[str] = set()
-    kept = []
-    for record in records:
-        key = record.subject.lower()
-        if key not in seen:
-            seen.add(key)
-            kept.append(record)
-    return kept
 
 
 def write_case_ids(case_ids: Sequence[str], path: str | os.PathLike[str]) -> Path:

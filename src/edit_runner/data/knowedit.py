@@ -36,18 +36,10 @@ from edit_runner.data.loaders import (
     _string,
     _string_list,
     _Where,
+    first_answer,
     to_template,
 )
 from edit_runner.data.record import EditRecord, NeighborPrompt, PortabilityPrompt, RecordKind
-
-
-def first_answer(value: Any, field: str, where: _Where) -> str:
-    """The first string of an answer given as a string, a list of answers or a list of alias lists (stripped)."""
-    while isinstance(value, list):
-        if not value:
-            raise where.error(field, "is an empty list; give at least one answer string")
-        value, field = value[0], f"{field}[0]"
-    return _string(value, field, where).strip()
 
 
 def prompt_groups(value: Any, field: str, where: _Where) -> list[tuple[str, str, str]]:

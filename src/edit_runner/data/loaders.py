@@ -313,12 +313,13 @@ def parse_zsre(rows: Sequence[Any], source: str = "<zsre>") -> list[EditRecord]:
     )
 
 
-def _first_string(value: Any, field: str, where: _Where) -> str:
-    if isinstance(value, list):
+def first_answer(value: Any, field: str, where: _Where) -> str:
+    """The first string of an answer given as a string, a list of answers or a list of alias lists (stripped)."""
+    while isinstance(value, list):
         if not value:
-            raise where.error(field, "is an empty list")
+            raise where.error(field, "is an empty list; give at least one answer string")
         value, field = value[0], f"{field}[0]"
-    return _string(value, field, where)
+    return _string(value, field, where).strip()
 
 
 def _locality(value: Any, where: _Where) -> tuple[NeighborPrompt, ...]:
@@ -351,7 +352,7 @@ def _locality(value: Any, where: _Where) -> tuple[NeighborPrompt, ...]:
             neighbors.append(
                 NeighborPrompt(
                     _string(prompt, f"{field}.prompt[{i}]", where),
-                    _first_string(truth, f"{field}.ground_truth[{i}]", where).strip(),
+                    first_answer(truth, f"{field}.ground_truth[{i}]", where),
                 )
             )
     return tuple(neighbors)
@@ -382,8 +383,8 @@ def _parse_easyedit_row(row: Row, index: int, source: str) -> EditRecord:
     where = _Where(source, index, case_id)
     subject = _string(row.get("subject"), "subject", where)
     template = to_template(_string(row.get("prompt"), "prompt", where), subject, where)
-    target_new = _first_string(_get(row, "target_new", where), "target_new", where).strip()
-    target_true = _first_string(_get(row, "ground_truth", where), "ground_truth", where).strip()
+    target_new = first_answer(_get(row, "target_new", where), "target_new", where)
+    target_true = first_answer(_get(row, "ground_truth", where), "ground_truth", where)
     _check_targets(target_new, target_true, where, "ground_truth")
     return EditRecord(
         case_id=str(case_id),
@@ -628,7 +629,7 @@ def load_dataset(cfg: Any, cache_dir: str | os.PathLike[str] | None = None) -> l
     """Resolve, load and select the records a run edits from a ``data`` config.
 
     ``cfg`` has the fields of ``edit_runner.config.DataConfig`` (``name, format, path, url, sha256,
-    num_edits, offset, seed, shuffle, case_ids_file``); missing optional fields take their defaults.
+    num_edits, offset, seed, shuffle, case_ids_file, unique_subjects``); missing optional fields take their defaults.
     The file is ``data.path``, else (formats with a canonical download) the cached/downloaded copy,
     else (``demo``) the shipped set.
     """
@@ -653,6 +654,7 @@ def load_dataset(cfg: Any, cache_dir: str | os.PathLike[str] | None = None) -> l
         seed=getattr(cfg, "seed", 0) or 0,
         shuffle=bool(getattr(cfg, "shuffle", False)),
         case_ids_file=getattr(cfg, "case_ids_file", None),
+        unique_subjects=bool(getattr(cfg, "unique_subjects", False)),
     )
 
 

@@ -85,6 +85,22 @@ def select_by_case_ids(
     return [by_id[case_id] for case_id in case_ids]
 
 
+def unique_subject_records(records: Sequence[EditRecord]) -> list[EditRecord]:
+    """The first record of every distinct subject (compared lower-cased), in the given order.
+
+    This is the authors' rule of seeds 002 and 004 (``create_samples.py``: ``subject.lower()`` kept on
+    first sight) that no subject is edited twice within a sample.
+    """
+    seen: set[str] = set()
+    kept = []
+    for record in records:
+        key = record.subject.lower()
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept
+
+
 def select_records(
     records: Sequence[EditRecord],
     num_edits: int | None = None,
@@ -92,18 +108,28 @@ def select_records(
     seed: int = 0,
     shuffle: bool = False,
     case_ids_file: str | os.PathLike[str] | None = None,
+    unique_subjects: bool = False,
 ) -> list[EditRecord]:
     """Choose the records a run edits.
 
     With ``case_ids_file`` the records are those ids in the file's order (``shuffle`` and ``seed``
     are ignored); otherwise the dataset order, permuted by ``numpy.random.default_rng(seed)`` when
-    ``shuffle``. Then ``offset`` records are skipped and the first ``num_edits`` kept
+    ``shuffle``. ``unique_subjects`` keeps the first record of each subject (lower-cased) — in the
+    dataset's order before the shuffle, as the authors' sampling scripts do, or in the file's order
+    with ``case_ids_file``. Then ``offset`` records are skipped and the first ``num_edits`` kept
     (``None`` or ``-1``: all remaining). Asking for more records than are available is an error.
     """
     if case_ids_file is not None and str(case_ids_file) != "":
         ordered = select_by_case_ids(
             records, read_case_ids(case_ids_file), source=f"data.case_ids_file={str(case_ids_file)!r}"
         )
+        if unique_subjects:
+            ordered = unique_subject_records(ordered)
+    elif unique_subjects:
+        ordered = unique_subject_records(records)
+        if shuffle:
+            permutation = np.random.default_rng(seed).permutation(len(ordered))
+            ordered = [ordered[int(i)] for i in permutation]
     elif shuffle:
         permutation = np.random.default_rng(seed).permutation(len(records))
         ordered = [records[int(i)] for i in permutation]
