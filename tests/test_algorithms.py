@@ -23,7 +23,14 @@ from edit_runner.editing import solvers
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.editing.keys import activations_at_subject, bare_activations, compute_keys, filled_prompts
 from edit_runner.models.layout import weight_matrix
-from editing_helpers import MEMIT_TEMPLATES, algo_config, covariance, make_editor, restore_weights, wrapper_config
+from editing_helpers import (
+    MEMIT_TEMPLATES,
+    algo_config,
+    covariance,
+    make_editor,
+    restore_weights,
+    wrapper_config,
+)
 
 ROME_TEMPLATES = ContextTemplates(
     groups=(("{}", "The cat sat. {}", "Once upon a time. {}", "It was a sunny day. {}", "She smiled. {}"),)

@@ -70,6 +70,7 @@ class AlgorithmSpec:
     pmet_rule: bool = False
     supports_batched: bool = True
     supports_sequential: bool = True
+    check_config: Callable[[Any], None] | None = None  # extra checks before any model loads (e.g. a file)
 
     @property
     def has_optimization(self) -> bool:
@@ -94,6 +95,11 @@ class AlgorithmSpec:
         if self.solver_type is None:
             raise TypeError(f"algo={self.name} has no spread stage")
         return self.solver_type(config)
+
+    def check(self, config: Any) -> None:
+        """Raise a ConfigError naming the field when ``config`` cannot run (before any model loads)."""
+        if self.check_config is not None:
+            self.check_config(config)
 
     def needs_covariance(self, config: Any) -> bool:
         """Whether the run must compute the layer statistics ``C`` for ``config``."""

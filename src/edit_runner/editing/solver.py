@@ -128,8 +128,8 @@ class DirectEditor(Protocol):
 
     ``params`` are the rewrite modules' weights and biases (what fine-tuning trains); a method
     that edits elsewhere ignores them. Its run state (e.g. a codebook) round-trips through
-    :meth:`state_dict`, and the modules it changes are listed by :meth:`touched_modules` so a
-    checkpoint saves them.
+    :meth:`state_dict`. The run checkpoint saves the rewrite modules' weights; an editor that changes
+    other weights (MEND's gate/up projections) keeps them in its own state.
     """
 
     def attach(self, model: torch.nn.Module) -> None:
