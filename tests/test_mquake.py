@@ -195,3 +195,93 @@ def test_mquake_records_carry_multi_hop_portability() -> None:
     assert rows[2]["portability_token_accuracy"] == [0.0]
     assert "portability_accuracy" not in rows[1]
     assert summarize(rows)["portability_accuracy"] == pytest.approx(0.5)
+
+
+_LILY = {
+    "case_id": 2500,
+    "requested_rewrite": [
+        _rewrite("the big dog", "One day, {} saw a", "big", "happy", "What did the big dog see?"),
+        _rewrite("Lily", "{} liked to eat", "mom", "big", "What did Lily like to eat?"),
+    ],
+    # the first question is the prompt of the run's last edit, so a successful edit answers it
+    "questions": ["Lily liked to eat", "What did Lily like?", "Tom said that Lily liked to eat"],
+    "answer": "big",
+    "new_answer": "happy",
+    "new_answer_alias": ["mom"],  # single-token answers of the tiny tokenizer; the alias is the edited fact's
+}
+_MIA = {
+    "case_id": 7,
+    "requested_rewrite": [_rewrite("Mia", "{} wanted to play with her", "happy", "big", "What did Mia want?")],
+    "questions": ["The sun was very", "Ben went to the", "They all felt"],
+    "new_answer": "elephant",
+}
+#: Mia's case first: the Lily case's step is the last, so its after-step model is the final model.
+STORY_CASES = [_MIA, _LILY]
+
+
+def _greedy_answered(model, tokenizer, question: str, answers) -> bool:
+    """Greedy decoding of ``question`` starts with one of ``answers``' tokens (the definition, computed directly)."""
+    from edit_runner.models.scoring import greedy_next_tokens
+    from edit_runner.models.tokens import target_token_ids
+
+    wanted = [target_token_ids(tokenizer, a) for a in answers]
+    continuation = greedy_next_tokens(model, tokenizer, [question], max(len(w) for w in wanted))[0]
+    return any(continuation[: len(w)] == w for w in wanted)
+
+
+def test_mquake_run_edits_whole_cases_and_reports_multi_hop_accuracy(tmp_path: Path, shared_dir: Path, one_thread) -> None:
+    from e2e_helpers import run_job
+    from edit_runner.models.loading import load_model
+    from edit_runner.run_state import CheckpointStore
+
+    data = tmp_path / "mquake.json"
+    data.write_text(json.dumps(STORY_CASES))
+    model_dir = shared_dir / "models" / "stories260K"
+    overrides = [
+        "algo=ft", "algo.layers=[3]", "algo.ft_lr=5e-3", "data=mquake", f"data.path={data}",
+        "data.num_edits=null", "protocol=sequential", "protocol.checkpoint_every=1", "model=local", f"model.path={model_dir}",
+        "model.name=stories260K", "model.device=cpu", "eval.perplexity=false", f"cache_dir={tmp_path / 'cache'}", "progress=false",
+        "num_threads=1",
+    ]
+    summary = run_job(overrides, tmp_path / "run")
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert [s["case_ids"] for s in steps] == [["7:0"], ["2500:0", "2500:1"]]  # one step per case, the case's rewrites together
+    assert [[row["case_id"] for row in s["cases"]] for s in steps] == [["7"], ["2500"]]
+
+    cases = parse_mquake_cases(STORY_CASES)
+
+    def by_hand(loaded) -> dict[str, list[bool]]:
+        return {case.case_id: [_greedy_answered(loaded.model, loaded.tokenizer, q, case.new_answers) for q in case.questions] for case in cases}
+
+    unedited = load_model(str(model_dir), device="cpu")
+    before = by_hand(unedited)
+    # the final model: the unedited weights plus the checkpointed edited ones
+    _, tensors = CheckpointStore(tmp_path / "run" / "checkpoint").load()
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            if name.startswith("weights."):
+                module, attr = name[len("weights."):].rsplit(".", 1)
+                getattr(unedited.model.get_submodule(module), attr).copy_(tensor)
+    after = by_hand(unedited)
+    assert after["2500"][0] and not any(after["7"]) and not any(before["2500"])  # the edit answers its own prompt
+    assert steps[1]["cases"][0]["question_answered"] == after["2500"]  # the last step's model is the final one
+    assert summary["post"]["final"]["multi_hop_accuracy"] == pytest.approx(sum(any(f) for f in after.values()) / 2)
+    assert summary["pre"]["multi_hop_accuracy"] == pytest.approx(sum(any(f) for f in before.values()) / 2)
+    after_own_step = [any(s["cases"][0]["question_answered"]) for s in steps]
+    assert summary["post"]["multi_hop_accuracy"] == pytest.approx(sum(after_own_step) / 2)
+    assert "multi_hop_accuracy" in summary["post"]["case_metric_definition"]
+
+
+def test_case_suite_steps_are_whole_cases_and_a_split_case_is_refused(tmp_path: Path) -> None:
+    from edit_runner.evaluation.multi_hop import CASE_SUITES
+
+    data = tmp_path / "mquake.json"
+    data.write_text(json.dumps(CASES))
+    records = load_records("mquake", data)
+    suite = CASE_SUITES.get("mquake")(data, records)
+    ids = lambda steps: [[r.case_id for r in step] for step in steps]
+    assert ids(suite.steps(records, 1)) == [["2500:0", "2500:1"], ["7:0"]]
+    assert ids(suite.steps(records, None)) == [["2500:0", "2500:1", "7:0"]]
+    assert ids(suite.steps(records[::-1], 1)) == [["7:0"], ["2500:1", "2500:0"]]
+    with pytest.raises(DataError, match=r"data.num_edits.*\['2500:0'\] of MQuAKE case 2500"):
+        CASE_SUITES.get("mquake")(data, records[:1])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edit_runner.config import (
     DataConfig,
@@ -24,6 +24,9 @@ from edit_runner.editing.algorithms import AlgorithmSpec, algorithm_spec
 from edit_runner.editing.wrappers import Wrapper, build_wrappers, check_combination
 from edit_runner.models.tokens import find_subject
 
+if TYPE_CHECKING:
+    from edit_runner.evaluation.multi_hop import CaseSuite
+
 
 @dataclass
 class RunPlan:
@@ -34,6 +37,8 @@ class RunPlan:
     wrappers: list[Wrapper]
     records: list[EditRecord]
     steps: list[list[EditRecord]]
+    cases: CaseSuite | None = None  # case-level evaluation of the dataset (steps are whole cases)
+    cases_per_step: int | None = None  # with ``cases``: whole cases per step (None: all in one step)
 
     @property
     def batch_size(self) -> int:
@@ -48,6 +53,9 @@ class RunPlan:
     def with_records(self, records: list[EditRecord]) -> RunPlan:
         """The same plan over ``records`` (e.g. after neighbour selection), steps re-split."""
         size = self.batch_size if len(self.steps) > 1 else len(records)
+        if self.cases is not None:
+            steps = self.cases.steps(records, self.cases_per_step)
+            return RunPlan(self.spec, self.config, self.wrappers, records, steps, self.cases, self.cases_per_step)
         return RunPlan(self.spec, self.config, self.wrappers, records, [records[i : i + size] for i in range(0, len(records), size)])
 
 
@@ -70,7 +78,19 @@ def load_edit_records(data: DataConfig, cache_dir: Path) -> list[EditRecord]:
         seed=data.seed,
         shuffle=data.shuffle,
         case_ids_file=data.case_ids_file,
+        unique_subjects=data.unique_subjects,
     )
+
+
+def load_case_suite(data: DataConfig, cache_dir: Path, records: list[EditRecord]) -> CaseSuite | None:
+    """The case-level evaluation of ``data``'s format over the selected ``records`` (None when the format has none)."""
+    from edit_runner.data.download import resolve_dataset_file
+    from edit_runner.evaluation.multi_hop import CASE_SUITES
+
+    fmt = data.format.value
+    if fmt not in CASE_SUITES:
+        return None
+    return CASE_SUITES.get(fmt)(resolve_dataset_file(data.name, data.path, data.url, data.sha256, cache_dir), records)
 
 
 def check_subjects(records: list[EditRecord]) -> None:
@@ -124,6 +144,7 @@ def plan_run(cfg: RunConfig, cache_dir: Path) -> RunPlan:
     if cfg.data.num_edits is not None and int(cfg.data.num_edits) < 1:
         raise fail("data.num_edits", f"must be a positive number of edits, or null for every record; got {cfg.data.num_edits}")
     check_model_path(cfg.model)
+    spec.check(cfg.algo)
     if spec.needs_covariance(cfg.algo):
         check_covariance_corpus(cfg.stats)
     records = load_edit_records(cfg.data, cache_dir)
@@ -133,7 +154,12 @@ def plan_run(cfg: RunConfig, cache_dir: Path) -> RunPlan:
     check_subjects(records)
     size = len(records) if protocol is ProtocolName.batched or cfg.protocol.batch_size is None else int(cfg.protocol.batch_size)
     steps = [records[i : i + size] for i in range(0, len(records), size)]
-    plan = RunPlan(spec=spec, config=cfg.algo, wrappers=wrappers, records=records, steps=steps)
+    cases = load_case_suite(cfg.data, cache_dir, records)
+    per_step = None
+    if cases is not None:  # steps of whole cases: protocol.batch_size counts cases (sequential default: one)
+        per_step = None if protocol is ProtocolName.batched else int(cfg.protocol.batch_size or 1)
+        steps = cases.steps(records, per_step)
+    plan = RunPlan(spec=spec, config=cfg.algo, wrappers=wrappers, records=records, steps=steps, cases=cases, cases_per_step=per_step)
     for wrapper in wrappers:
         wrapper.check(plan)
     return plan

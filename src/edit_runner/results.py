@@ -21,7 +21,7 @@ from edit_runner.provenance import provenance
 STAGES = ("key", "target", "solve", "measure")
 SUMMARY_METRICS = (
     "efficacy_success", "efficacy_accuracy", "generalization_success", "generalization_accuracy",
-    "specificity_success", "specificity_accuracy", "score_success", "score_accuracy", "perplexity",
+    "specificity_success", "specificity_accuracy", "score_success", "score_accuracy", "perplexity", "multi_hop_accuracy",
 )
 
 

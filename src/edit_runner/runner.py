@@ -94,6 +94,7 @@ class Runner:
         self.console = console or Console()
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         self.metric_definition = cfg.eval.metrics.value
+        self.config_digest = config_hash(cfg)  # the config does not change during a run
         self.store = CheckpointStore(self.run_dir / CHECKPOINT_DIR)
         self.logs = RunLogs(self.run_dir)
 
@@ -151,6 +152,8 @@ class Runner:
         with progress.stage("post-edit evaluation"):
             post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
             post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
+            if plan.cases is not None:
+                post |= self._case_metrics(loaded, plan)
             if cfg.eval.fluency:
                 post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
         self.logs.records.append([{**r, "eval": "end"} for r in post_rows])
@@ -165,7 +168,7 @@ class Runner:
             pre_rows=pre_rows or [], after_step_rows=[r for r in self.logs.records.read() if r["eval"] == "after_step"],
             steps=steps, health_initial=state.health_initial, health_alarms=tracker.alarms,
             has_health=self.logs.health.lines > 0, templates=templates.to_json(), seconds=time.perf_counter() - started,
-            environment={"num_threads": threads, "device": str(next(loaded.model.parameters()).device)},
+            environment={"num_threads": threads, "device": str(loaded.device)},
         )
         summary = build_summary(cfg, plan, outcome, self.overrides)
         self._write_plots()
@@ -178,7 +181,7 @@ class Runner:
         if not self.cfg.resume or not path.exists():
             return None
         summary = json.loads(path.read_text())
-        if summary.get("status") != "complete" or summary.get("config_hash") != config_hash(self.cfg):
+        if summary.get("status") != "complete" or summary.get("config_hash") != self.config_digest:
             return None
         self.console.print(f"[green]already complete:[/green] {self.run_dir} (config hash {summary['config_hash']})")
         print_summary(self.console, summary)
@@ -204,7 +207,7 @@ class Runner:
         if not self.cfg.resume or not self.store.exists():
             return None, {}
         meta, tensors = self.store.load()
-        if meta.get("config_hash") != config_hash(self.cfg):
+        if meta.get("config_hash") != self.config_digest:
             raise ConfigError(
                 f"{self.run_dir} holds a checkpoint of a different config; pass resume=false to start over "
                 "or use another output directory"
@@ -250,6 +253,14 @@ class Runner:
         rows = evaluate_records(loaded.model, loaded.tokenizer, records, self.metric_definition, self.cfg.eval.batch_size, easyedit_pre)
         return self._with_perplexity(loaded, summarize(rows, self.metric_definition))
 
+    def _case_metrics(self, loaded: LoadedModel, plan: RunPlan) -> dict[str, Any]:
+        """Case-level metrics: each case right after its own step (rows of the step log) and, under
+        ``final``, every case on the final model; with the suite's definition."""
+        assert plan.cases is not None
+        after = [row for step in self.logs.steps.read() for row in step.get("cases", [])]
+        final = plan.cases.evaluate(loaded.model, loaded.tokenizer, plan.records, self.cfg.eval.batch_size)
+        return {**plan.cases.summarize(after), "final": plan.cases.summarize(final), "case_metric_definition": plan.cases.definition}
+
     def _me_ppl_path(self) -> str | None:
         me_ppl = self.cfg.eval.me_ppl
         if me_ppl.path or not me_ppl.url:
@@ -274,6 +285,8 @@ class Runner:
             return state, None
         pre_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, self.cfg.eval.batch_size)
         state.pre = self._with_perplexity(loaded, summarize(pre_rows, self.metric_definition))
+        if plan.cases is not None:
+            state.pre |= plan.cases.summarize(plan.cases.evaluate(loaded.model, loaded.tokenizer, plan.records, self.cfg.eval.batch_size))
         self.logs.records.append([{**r, "eval": "pre"} for r in pre_rows])
         return state, pre_rows
 
@@ -310,6 +323,9 @@ class Runner:
                     step_row["metrics"] = summarize(rows, self.metric_definition)
                     tracker.note_step_rows(rows)
                     self.logs.records.append([{**r, "step": index, "eval": "after_step"} for r in rows])
+                if plan.cases is not None:  # the step's cases, right after their edits
+                    with progress.stage("case evaluation"):
+                        step_row["cases"] = plan.cases.evaluate(loaded.model, loaded.tokenizer, batch, cfg.eval.batch_size)
                 if schedule is not None and schedule.fires(done_edits, previous):
                     edited = [r for s in plan.steps[: index + 1] for r in s]
                     with progress.stage(f"health at {done_edits} edits"):
@@ -340,7 +356,7 @@ class Runner:
         editor_state = editor.state_dict()
         tensors = flatten_tensors({"weights": weights, "editor": editor_state, "rng": {"torch": torch_rng}})
         meta = {
-            "config_hash": config_hash(self.cfg), "state": state.to_json(), "templates": editor.templates.to_json(), "rng": python_rng,
+            "config_hash": self.config_digest, "state": state.to_json(), "templates": editor.templates.to_json(), "rng": python_rng,
             "editor_shape": {"solver": {}, "terms": {name: {} for name in editor_state["terms"]}},
         }
         self.store.save(meta, tensors)

@@ -13,7 +13,8 @@ A case holds several edits that together change the answer of its multi-hop ques
      "new_single_hops": [{"question": ..., "cloze": ..., "answer": ..., "answer_alias": [...]}, ...]}
 
 :func:`parse_mquake_cases` gives :class:`MquakeCase` objects (for the multi-hop metric of
-:mod:`edit_runner.evaluation.edit_metrics`). The ``mquake`` data format flattens the cases into one
+:mod:`edit_runner.evaluation.edit_metrics`, which a run computes per case through the case suite of
+:mod:`edit_runner.evaluation.multi_hop`: steps of whole cases, each case evaluated after its step). The ``mquake`` data format flattens the cases into one
 CounterFact-kind EditRecord per rewrite, case id ``"<case_id>:<k>"``, the rewrite's ``question`` as its
 paraphrase prompt; the case's multi-hop questions (answer ``new_answer``) are the portability prompts
 (group ``multi_hop``) of the case's first record only, so every case counts once (as EasyEdit's

@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from edit_runner.errors import ConfigError
 from edit_runner.io import atomic_torch_save
+from edit_runner.models.devices import input_device
 from edit_runner.models.hooks import run_until_stop, trace
 from edit_runner.models.sampling import sample_top_k
 
@@ -192,7 +193,7 @@ def second_moments(
     progress=None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Uncentered ``E[k kᵀ]`` of each module's input over every non-pad token (one pass for all modules)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     sums: dict[str, torch.Tensor] = {}
     count = 0
     deepest = modules[-1]
@@ -203,8 +204,9 @@ def second_moments(
             run_until_stop(model, **batch)
         keep = batch["attention_mask"].bool()
         for name in modules:
-            feats = tr.inputs[name][keep].to(dtype)
-            sums[name] = sums.get(name, 0) + feats.T @ feats
+            captured = tr.inputs[name]  # on the module's device, the mask goes there
+            feats = captured[keep.to(captured.device)].to(dtype)
+            sums[name] = sums[name] + feats.T @ feats if name in sums else feats.T @ feats
         count += int(keep.sum())
     return {name: (s / count).cpu() for name, s in sums.items()}, count
 

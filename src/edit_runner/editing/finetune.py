@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from edit_runner.data.record import EditRecord
+from edit_runner.models.devices import input_device
 from edit_runner.models.tokens import target_token_ids
 
 STEP_LOSS_THRESHOLD = 1e-2
@@ -47,7 +48,7 @@ def finetune(model: torch.nn.Module, tokenizer, records: list[EditRecord], param
     (tests/test_metric_definitions.py checks both against the reference loop written out). Returns
     the number of Adam steps and the last epoch's mean loss.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     tokenizer.padding_side = "right"
     originals = [p.detach().clone() for p in params]
     for p in params:

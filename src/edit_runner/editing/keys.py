@@ -6,6 +6,7 @@ import torch
 
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates
+from edit_runner.models.devices import input_device
 from edit_runner.models.hooks import run_until_stop, trace
 from edit_runner.models.tokens import FilledPrompt, encode_prompts, fill_template
 
@@ -26,14 +27,15 @@ def activations_at_subject(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """Input (``which="input"``) or output of ``module`` at each prompt's subject-last token, ``n × d``."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     rows = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_prompts(tokenizer, prompts[start : start + batch_size]).to(device)
         with trace(model, [module], inputs=which == "input", outputs=which == "output", stop_after=module) as tr:
             run_until_stop(model, **batch.model_inputs())
         captured = tr.inputs[module] if which == "input" else tr.outputs[module]
-        rows.append(captured[torch.arange(len(batch.subject_last), device=device), batch.subject_last].float())
+        at = captured.device  # the traced module's device (a layer of a multi-device model may live elsewhere)
+        rows.append(captured[torch.arange(len(batch.subject_last), device=at), batch.subject_last.to(at)].float())
     return torch.cat(rows, dim=0)
 
 

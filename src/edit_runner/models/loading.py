@@ -17,6 +17,7 @@ import torch
 from filelock import FileLock
 
 from edit_runner.errors import ModelError
+from edit_runner.models.devices import input_device
 from edit_runner.models.layout import ModelLayout, layout_for
 from edit_runner.models.tokens import ensure_pad_token
 from edit_runner.paths import default_cache_dir
@@ -37,8 +38,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        """Device of the model's parameters."""
-        return next(self.model.parameters()).device
+        """Device of the model's inputs (its input embedding's; other modules may live elsewhere)."""
+        return input_device(self.model)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -129,7 +130,8 @@ def load_model(
     (``path`` is a directory or file and ``gguf_file`` names the GGUF), or ``auto`` (hub id or local
     directory via the transformers Auto classes). ``device_map`` (``"auto"``, ``"cpu"``, a dict of
     module → device, …) is passed to ``from_pretrained`` (accelerate places the modules, possibly
-    over several GPUs) and ``device`` is then ignored.
+    over several GPUs, and hooks move hidden states between them) and ``device`` is then ignored;
+    every stage places its tensors by :mod:`edit_runner.models.devices`.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from edit_runner.models.devices import input_device
 from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of
 from edit_runner.models.scoring import encode_texts
 
@@ -28,7 +29,7 @@ def sample_top_k(
     Softmax → keep the top ``k`` → renormalise → multinomial with ``generator`` (SPEC C §1.2).
     Returns the prompts with the sampled tokens appended.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     sequence = start_ids.to(device)
     key = cache_keyword(model)
     past: dict[str, Any] = {}
@@ -99,7 +100,7 @@ def greedy_generate(
     does. Results are in the order of ``rows``.
     """
     config = greedy_generation_config(model, max_new_tokens, pad_id)
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[list[int]] = [[] for _ in rows]
     for chunk in length_sorted_chunks([len(r) for r in rows], batch_size):
         ids, mask, _ = left_padded([rows[i] for i in chunk], pad_id, device)

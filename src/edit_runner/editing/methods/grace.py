@@ -35,6 +35,7 @@ from torch import Tensor
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.algorithms import ALGORITHMS, AlgorithmSpec
 from edit_runner.errors import ConfigError
+from edit_runner.models.devices import input_device
 from edit_runner.models.layout import layout_for
 from edit_runner.models.padding import pad_id_of, right_padded
 from edit_runner.models.scoring import encode_texts
@@ -142,7 +143,7 @@ class GraceEditor:
     def _insert(self, model: torch.nn.Module, tokenizer: Any, record: EditRecord) -> tuple[float, int]:
         prompt = encode_texts(tokenizer, [record.rewrite_prompt])[0]
         target = target_token_ids(tokenizer, record.target_new)
-        device = next(model.parameters()).device
+        device = input_device(model)
         input_ids, mask, positions = right_padded([prompt + target], pad_id_of(tokenizer), device)
         inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
         where = len(prompt) - 1

@@ -40,6 +40,7 @@ from edit_runner.data.record import EditRecord
 from edit_runner.editing.algorithms import ALGORITHMS, AlgorithmSpec
 from edit_runner.editing.solver import stateless
 from edit_runner.errors import ConfigError
+from edit_runner.models.devices import input_device
 from edit_runner.models.layout import add_to_weight, layout_for, weight_matrix
 from edit_runner.models.padding import pad_id_of, right_padded
 from edit_runner.models.scoring import encode_texts, greedy_next_tokens
@@ -59,7 +60,7 @@ class KnConfig:
 
 
 def _model_inputs(model: torch.nn.Module, rows: list[list[int]], pad_id: int) -> dict[str, Tensor]:
-    input_ids, mask, positions = right_padded(rows, pad_id, next(model.parameters()).device)
+    input_ids, mask, positions = right_padded(rows, pad_id, input_device(model))
     return {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
 
 
@@ -101,8 +102,10 @@ def integrated_gradients(
         logits = model(**_model_inputs(model, [row] * len(positions), pad_id)).logits
     finally:
         handle.remove()
-    wanted = torch.tensor(target, device=logits.device).repeat_interleave(steps)
-    probs = torch.softmax(logits[batch, positions].float(), dim=-1)[batch, wanted]
+    at = logits.device  # the LM head's output; ``batch``/``positions`` live on ``module``'s device
+    wanted = torch.tensor(target, device=at).repeat_interleave(steps)
+    rows = batch.to(at)
+    probs = torch.softmax(logits[rows, positions.to(at)].float(), dim=-1)[rows, wanted]
     (grads,) = torch.autograd.grad(probs.sum(), scaled)
     per_token = base.float() * grads.float().reshape(len(target), steps, -1).mean(dim=1)
     return per_token.mean(dim=0)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from edit_runner.evaluation.downstream.prompts import DEFAULT_GEN_LEN, model_max_length
+from edit_runner.models.devices import input_device
 from edit_runner.models.padding import pad_id_of
 from edit_runner.models.sampling import greedy_generate, greedy_generation_config
 from edit_runner.models.scoring import encode_texts, next_token_logprobs, score_token_sequences
@@ -111,7 +112,7 @@ def score_label_words_loop(
     One forward pass of ``prompt + word[:-1]`` per (item, word), no padding, no cache.
     """
     prompt_ids, targets = _label_inputs(model, tokenizer, prompts, label_words, max_length)
-    device = next(model.parameters()).device
+    device = input_device(model)
     nll = torch.zeros((len(prompt_ids), len(targets)), dtype=torch.float32)
     for i, ids in enumerate(prompt_ids):
         for w, t in enumerate(targets):
@@ -165,7 +166,7 @@ def generate_continuations_loop(
     max_length: int | None = None,
 ) -> list[tuple[str, str]]:
     """The per-item reference of :func:`generate_continuations`: ``model.generate`` on each unpadded prompt."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     config = greedy_generation_config(model, gen_len, pad_id_of(tokenizer))
     out = []
     for ids in _generation_inputs(model, tokenizer, prompts, gen_len, max_length):
