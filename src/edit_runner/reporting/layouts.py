@@ -220,7 +220,9 @@ class Column:
         takes the absolute value;
       * ``"derived"`` — ``derive(run, phase, iteration)``;
       * ``"k"`` — the iteration the row shows (stop rules are resolved per cell);
-      * ``"meta"`` — a run field (e.g. ``num_edits``), which must be equal across the cell.
+      * ``"meta"`` — a run field (e.g. ``num_edits``), which must be equal across the cell;
+      * ``"stops"`` — on iteration rows, the stop rules of the layout's ``marks`` that pick the
+        row's iteration on the trial-mean series (``*``: the rule is not met, last iteration).
 
     Numbers are multiplied by ``scale``, averaged over the cell's runs (trials) and shown as
     ``mean ± std`` with ``digits`` decimals (``%.2E`` when ``|mean| ≥ sci_above`` or ``style="sci"``).
@@ -252,6 +254,8 @@ class Column:
         """Human-readable description of the summary field this column reads (for a layout's ``rows``)."""
         if self.kind == "k":
             return "iteration k of the row (stop rule resolved on the trial-mean series)"
+        if self.kind == "stops":
+            return "the stop rules that pick iteration k (from summary.iterations[k].{delta_p, p_hat})"
         if self.kind == "meta":
             return f"summary.{self.metric}"
         if self.kind == "derived":
@@ -283,6 +287,8 @@ class Layout:
         selector is ``"first"``, ``"final"`` or ``"stop:<rule>"`` with rule ``abs_delta``,
         ``monotonic`` or ``small_change``; ``row_fields`` end with ``"role"``).
 
+    ``marks`` are the stop rules a ``"stops"`` column marks on iteration rows.
+
     ``where`` restricts the runs further (``(field, allowed values)`` pairs on run fields such as
     ``protocol.name``). ``unedited`` adds one ``Unedited`` row per model (from the ``pre`` phase, each trial counted
     once). ``homogeneous_within`` names the row fields inside which each column must hold a
@@ -300,6 +306,7 @@ class Layout:
     row_fields: tuple[str, ...] = ("model", "method")
     rows: str = "final"
     roles: tuple[tuple[str, str], ...] = ()
+    marks: tuple[str, ...] = ()
     unedited: bool = False
     homogeneous_within: tuple[str, ...] = ()
     order: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -354,7 +361,24 @@ _SEED000_REQUIRES = (
 )
 
 
-def _seed000_iter_layout(name: str, dataset: tuple[str, ...], title: str, source: str) -> Layout:
+_ITER_NOTES = (
+    "One row per iteration k (k = 0: unedited model). p̄_k: mean target perplexity after the "
+    "optimisation stage; p̂_k: after the spread stage; Δp_k = p̂_k − p̄_k (signed; the paper "
+    "heads this column |Δp_k| but prints signed values)."
+)
+
+
+def _seed000_iter_layout(
+    name: str,
+    dataset: tuple[str, ...],
+    title: str,
+    source: str,
+    wrapper_sets: tuple[frozenset[str], ...] = _ITERATIVE,
+    algos: tuple[str, ...] = _SEED000_ALGOS,
+    with_num_edits: bool = False,
+    notes: str = "",
+) -> Layout:
+    fields = ("model", "num_edits", "method", "k") if with_num_edits else ("model", "method", "k")
     return Layout(
         name=name,
         title=title,
@@ -366,18 +390,15 @@ def _seed000_iter_layout(name: str, dataset: tuple[str, ...], title: str, source
             Column("delta_p", "Δp_k", metric="delta_p", sci_above=1e5, latex=r"$\Delta p_k$"),
         ),
         datasets=dataset,
-        algos=_SEED000_ALGOS,
-        wrapper_sets=_ITERATIVE,
+        algos=algos,
+        wrapper_sets=wrapper_sets,
         method=seed000_method,
-        row_fields=("model", "method", "k"),
+        row_fields=fields,
         rows="iterations",
         unedited=True,
+        homogeneous_within=("model", "num_edits") if with_num_edits else (),
         order=(_MODEL_ORDER, _SEED000_METHOD_ORDER),
-        notes=(
-            "One row per iteration k (k = 0: unedited model). p̄_k: mean target perplexity after the "
-            "optimisation stage; p̂_k: after the spread stage; Δp_k = p̂_k − p̄_k (signed; the paper "
-            "heads this column |Δp_k| but prints signed values)."
-        ),
+        notes=" ".join(n for n in (_ITER_NOTES, notes) if n),
         requires=_SEED000_REQUIRES,
     )
 
@@ -414,40 +435,76 @@ def _seed000_stop_layout(
     )
 
 
-def _seed000_table4() -> Layout:
+_STOP_RULES = ("abs_delta", "monotonic", "small_change")
+_STOP_RULE_NOTES = (
+    "|Δp_k| ≤ 1; monotonic: stop at k when |Δp_{k+1}| ≥ |Δp_k|; small change: first k ≥ 2 with "
+    "Δp2 = |p̂_k − p̂_{k−1}| ≤ 1."
+)
+
+
+def _stop_rule_columns(every_iteration: bool) -> tuple[Column, ...]:
+    """Seed 000 Tables 4 / 10: per dataset, k (or the rules marking k), Score, |Δp_k| and Δp2."""
     columns: list[Column] = []
     for dataset, group in ((_COUNTERFACT, "COUNTERFACT"), (("zsre",), "ZsRE")):
         prefix = "cf" if group == "COUNTERFACT" else "zsre"
         where = (("dataset", dataset),)
+        if every_iteration:
+            columns.append(Column(f"{prefix}_rules", "Stop rules", group=group, kind="stops", where=where))
+        else:
+            columns.append(Column(f"{prefix}_k", "k", group=group, kind="k", digits=0, where=where))
+        columns.append(_pct(f"{prefix}_score_acc", "Score Acc.", "score_accuracy", group, where=where))
+        if every_iteration:
+            columns.append(_pct(f"{prefix}_score_succ", "Score Succ.", "score_success", group, where=where))
         columns += [
-            Column(f"{prefix}_k", "k", group=group, kind="k", digits=0, where=where),
-            _pct(f"{prefix}_score_acc", "Score Acc.", "score_accuracy", group, where=where),
             Column(f"{prefix}_abs_dp", "|Δp_k|", group=group, metric="delta_p", transform="abs",
                    where=where, latex=r"$|\Delta p_k|$"),
             Column(f"{prefix}_dp2", "Δp2", group=group, kind="derived", derive=delta_p2, where=where,
                    latex=r"$\Delta_{p2}$"),
-        ]
+        ]  # fmt: skip
+    return tuple(columns)
+
+
+def _seed000_table10() -> Layout:
+    return Layout(
+        name="seed000_table10",
+        title="Stop rules of iterative editing, every iteration (COUNTERFACT and ZsRE)",
+        source="seed 000, Appendix D, Table 10",
+        columns=_stop_rule_columns(every_iteration=True),
+        datasets=(*_COUNTERFACT, "zsre"),
+        algos=("memit", "pmet"),
+        wrapper_sets=_ITERATIVE,
+        method=seed000_method,
+        row_fields=("model", "method", "k"),
+        rows="iterations",
+        marks=_STOP_RULES,
+        unedited=True,
+        order=(_MODEL_ORDER, _SEED000_METHOD_ORDER),
+        notes=(
+            "One row per iteration k (k = 0: unedited model). Stop rules: the rules that pick iteration "
+            "k on the trial-mean series of each dataset (the paper colours these rows; * = the rule is "
+            "not met, last iteration shown). Rules: " + _STOP_RULE_NOTES
+        ),
+        requires=_SEED000_REQUIRES,
+    )
+
+
+def _seed000_table4() -> Layout:
     return Layout(
         name="seed000_table4",
         title="Comparing stop rules of iterative editing (COUNTERFACT and ZsRE)",
         source="seed 000, §6.3, Table 4 (all iterations in Table 10)",
-        columns=tuple(columns),
+        columns=_stop_rule_columns(every_iteration=False),
         datasets=(*_COUNTERFACT, "zsre"),
         algos=("memit", "pmet"),
         wrapper_sets=_ITERATIVE,
         method=seed000_method,
         row_fields=("model", "method", "role"),
         rows="roles",
-        roles=(
-            ("abs_delta", "stop:abs_delta"),
-            ("monotonic", "stop:monotonic"),
-            ("small_change", "stop:small_change"),
-        ),
+        roles=tuple((rule, f"stop:{rule}") for rule in _STOP_RULES),
         order=(_MODEL_ORDER, _SEED000_METHOD_ORDER),
         notes=(
             "The three rules are applied after the fact to the iterations of the same runs (run "
-            "with the rule disabled, i.e. all iterations): |Δp_k| ≤ 1; monotonic: stop at k when "
-            "|Δp_{k+1}| ≥ |Δp_k|; small change: first k ≥ 2 with Δp2 = |p̂_k − p̂_{k−1}| ≤ 1."
+            "with the rule disabled, i.e. all iterations): " + _STOP_RULE_NOTES
         ),
         requires=_SEED000_REQUIRES,
     )
@@ -681,6 +738,27 @@ def _all_layouts() -> tuple[Layout, ...]:
             "Iterative model editing on ZsRE, every iteration",
             "seed 000, Appendix D, Table 7",
         ),
+        _seed000_iter_layout(
+            "seed000_table8",
+            _COUNTERFACT,
+            "Neighbour-assisted (NA_) vs plain iterative editing on COUNTERFACT, every iteration",
+            "seed 000, Appendix D, Table 8",
+            (frozenset({"iterative"}), frozenset({"iterative", "na"})),
+            algos=("memit", "pmet"),
+            with_num_edits=True,
+            notes="# = number of edits (the neighbour-eligible COUNTERFACT subset of each model).",
+        ),
+        _seed000_iter_layout(
+            "seed000_table9",
+            _COUNTERFACT,
+            "Prefix-free (NA_) vs prefixed (NAP_) neighbour-assisted editing (GPT-2 XL), every iteration",
+            "seed 000, Appendix D, Table 9",
+            (frozenset({"iterative"}), frozenset({"iterative", "na"}), frozenset({"iterative", "nap"})),
+            algos=("memit", "pmet"),
+            with_num_edits=True,
+            notes="# = number of edits (GPT-2 XL's neighbour-eligible COUNTERFACT subset, 739).",
+        ),
+        _seed000_table10(),
         _SEED002,
         _seed003_layout(
             "seed003_table2",

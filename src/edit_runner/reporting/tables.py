@@ -60,6 +60,8 @@ ROW_FIELD_HEADERS: Mapping[str, str] = MappingProxyType(
     {"model": "Model", "num_edits": "#", "method": "Method", "role": "Row", "k": "k", "dataset": "Dataset"}
 )
 MISSING = "—"
+#: Column kinds whose cells are text (one CSV column, no std).
+TEXT_KINDS: tuple[str, ...] = ("k", "meta", "stops")
 
 
 class ReportError(EditRunnerError):
@@ -185,6 +187,16 @@ def stop_iteration(runs: Sequence[RunView], rule: str, epsilon: float = 1.0) -> 
         else:
             raise ReportError(f"unknown stop rule {rule!r}; valid: abs_delta, monotonic, small_change")
     return ks[-1], False
+
+
+def stop_marks(runs: Sequence[RunView], rules: Sequence[str], k: int, epsilon: float = 1.0) -> str:
+    """The stop rules of ``rules`` that pick iteration ``k`` on the trial-mean series (``*``: not met, last k)."""
+    marks = []
+    for rule in rules:
+        found = stop_iteration(runs, rule, epsilon)
+        if found is not None and found[0] == k:
+            marks.append(ROLE_LABELS.get(rule, rule) + ("" if found[1] else "*"))
+    return ", ".join(marks)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -354,6 +366,9 @@ def _cell(
     phase, iteration, k_text = resolved
     if column.kind == "k":
         return Cell(text=k_text, n=len(runs), runs=tuple(_run_name(r) for r in runs)), runs
+    if column.kind == "stops":
+        text = stop_marks(runs, layout.marks, iteration, layout.epsilon) if phase == "iteration" and iteration else ""
+        return Cell(text=text, n=len(runs), runs=tuple(_run_name(r) for r in runs)), runs
     if column.kind == "meta":
         values = sorted({str(_num(r.meta.get(column.metric))) for r in runs})
         return Cell(text=", ".join(values), n=len(runs), runs=tuple(_run_name(r) for r in runs)), runs
@@ -659,12 +674,12 @@ def _render_csv(table: BuiltTable) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     header = [*layout.row_fields, "source", "n"]
     for column in layout.columns:
-        header += [column.key] if column.kind in ("k", "meta") else [column.key, f"{column.key}_std"]
+        header += [column.key] if column.kind in TEXT_KINDS else [column.key, f"{column.key}_std"]
     writer.writerow(header)
     for row in table.rows:
         values = [v for _, v in row.key] + [row.source, "" if row.n is None else str(row.n)]
         for cell, column in zip(row.cells, layout.columns):
-            text_only = column.kind in ("k", "meta")
+            text_only = column.kind in TEXT_KINDS
             if isinstance(cell, str):
                 values += [cell] if text_only else [cell, ""]
             elif cell is None:

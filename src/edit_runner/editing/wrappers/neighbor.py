@@ -98,8 +98,11 @@ class NeighborAssisted(Wrapper):
         self.kept = 0
 
     def check(self, plan: RunPlan) -> None:
-        """Every record needs neighbour subjects (for δ at the neighbour subject)."""
-        missing = next((r.case_id for r in plan.records if not r.neighbor_subjects_known), None)
+        """Every record needs neighbour subjects (for δ at the neighbour subject): given training
+        neighbours (EasyEdit ``neighborhood_samples``) or neighbourhood prompts with known subjects."""
+        missing = next(
+            (r.case_id for r in plan.records if not (r.train_neighbors or r.neighbor_subjects_known)), None
+        )
         if missing is not None:
             raise ConfigError(
                 f"wrapper: neighbor-assisted editing needs neighbor subjects, but record case_id={missing} has none; use "
