@@ -294,3 +294,47 @@ def test_fluency_samples_top5_up_to_100_tokens_for_every_record_and_averages_per
     xy = 0.0  # one bigram, no trigram
     assert value == pytest.approx(((abab + xy) / 2 + abab) / 2, rel=1e-12)  # mean over records of the record means
     assert calls == [(["g1", "g2"], 100, 5), (["r2"], 100, 5)]
+
+
+def test_zsre_success_under_easyedit_is_ruoes_comparison_with_endoftext_and_per_answer_token(tiny_gpt2):
+    """RUOE zsRE: new vs ``<|endoftext|>`` for efficacy/generalization; per answer token for specificity."""
+    from edit_runner.data.record import NeighborPrompt, RecordKind
+    from edit_runner.evaluation.edit_metrics import ZSRE_EASYEDIT_GROUND_TRUTH, evaluate_records, summarize
+    from edit_runner.models.scoring import score_targets
+    from edit_runner.models.tokens import target_token_ids
+
+    model, tok = tiny_gpt2.model, tiny_gpt2.tokenizer
+    record = EditRecord(
+        "z0", "Danielle Darrieux", "What is the native language of {}?", "English French", "<|endoftext|>",
+        kind=RecordKind.zsre, paraphrase_prompts=("Which language did Danielle Darrieux speak?", "Darrieux spoke"),
+        neighborhood=(NeighborPrompt("nq question: who wrote the book thief?", "Markus Zusak"),),
+    )
+    new, eos = target_token_ids(tok, record.target_new), target_token_ids(tok, ZSRE_EASYEDIT_GROUND_TRUTH)
+    answer = target_token_ids(tok, "Markus Zusak")
+    assert len(answer) >= 2  # several per-token prompts
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    def beats(prompt: str) -> float:
+        with_new, with_eos = score_targets(model, tok, [prompt, prompt], [new, eos])
+        return float(with_new.mean_logprob > with_eos.mean_logprob)
+
+    expected_efficacy = beats(record.rewrite_prompt)
+    expected_generalization = mean([beats(p) for p in record.paraphrase_prompts])
+    prompt = record.neighborhood[0].prompt
+    (answer_score,) = score_targets(model, tok, [prompt], [answer])
+    flags = []
+    for i in range(len(answer)):
+        (after_prefix,) = score_targets(model, tok, [prompt], [answer[:i] + new])
+        new_logprob = mean(after_prefix.token_logprobs[i:])
+        flags.append(float(answer_score.token_logprobs[i] > new_logprob))
+    (row,) = evaluate_records(model, tok, [record], "easyedit")
+    assert row["efficacy_success"] == expected_efficacy
+    assert row["generalization_success"] == pytest.approx(expected_generalization)
+    assert row["specificity_success"] == pytest.approx(mean(flags))
+    summary = summarize([row], "easyedit")
+    assert summary["score_success"] is not None and "efficacy_magnitude" not in summary
+    # under memit (kmeng01's zsRE evaluation) there is no success metric
+    (memit_row,) = evaluate_records(model, tok, [record], "memit")
+    assert "efficacy_success" not in memit_row and "score_success" not in summarize([memit_row], "memit")

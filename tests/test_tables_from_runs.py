@@ -62,16 +62,9 @@ _DROPPED = re.compile(r"^(experiment|model|trial|hydra\..*|(algo|wrapper)\.per_m
 #: Per-algorithm overrides that shrink the optimisation (the keys differ by algorithm family).
 _FINE_TUNES = ("ft", "ft_c")
 _PARSER = OverridesParser.create()
-_ZSRE_SUCCESS = (
-    "zsRE runs record token accuracies only (metric_definition zsre, SPEC C §11.2), but seed 000 prints "
-    "zsRE Success columns: the runner does not write *_success for zsRE (reported as a runner gap)"
-)
-#: Columns real runs cannot fill yet, with the reason. The test fails as soon as one gets a value,
-#: so the list cannot go stale.
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    **{("seed000_table7", c): _ZSRE_SUCCESS for c in ("eff_succ", "gen_succ", "spe_succ", "score_succ")},
-    ("seed000_table10", "zsre_score_succ"): _ZSRE_SUCCESS,
-}
+#: Columns real runs cannot fill yet, with the reason (none today). The test fails as soon as one
+#: gets a value, so the list cannot go stale.
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,7 +436,7 @@ def written_fields(summaries: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 def test_fixture_fields_are_written_by_real_runs(sweeps: Sweeps) -> None:
     real = written_fields(list(sweeps.summaries.values()))
-    assert set(real) == {"memit", "easyedit", "zsre"}, sorted(real)
+    assert set(real) == {"memit", "easyedit", "zsre", "easyedit_zsre"}, sorted(real)
     for path in sorted(FIXTURE_RUNS.rglob("summary.json")):
         fixture = _read(path)
         extra = key_paths(fixture) - real[fixture["protocol"]["metric_definition"]]

@@ -47,6 +47,14 @@ class RunOutcome:
     environment: dict[str, Any]
 
 
+def metric_definition_label(metric_definition: str, record_kind: str) -> str:
+    """The protocol's metric definition: ``memit`` / ``easyedit`` for CounterFact records; for zsRE
+    ``zsre`` (kmeng01's token accuracies, no success) or ``easyedit_zsre`` (RUOE's, with success)."""
+    if record_kind == "counterfact":
+        return metric_definition
+    return "easyedit_zsre" if metric_definition == "easyedit" else "zsre"
+
+
 def protocol_block(cfg: RunConfig, plan: RunPlan, metric_definition: str) -> dict[str, Any]:
     """How the numbers were produced (never mix two of these in one table)."""
     return {
@@ -56,7 +64,7 @@ def protocol_block(cfg: RunConfig, plan: RunPlan, metric_definition: str) -> dic
         "eval_timing": "end",
         "step_eval": "after_each_step_on_step_edits" if cfg.protocol.eval_each_step else "none",
         "evaluated_edits": "all",
-        "metric_definition": metric_definition if plan.records[0].kind.value == "counterfact" else "zsre",
+        "metric_definition": metric_definition_label(metric_definition, plan.records[0].kind.value),
         "tracker_every_n_edits": cfg.eval.every_n_edits,
     }
 

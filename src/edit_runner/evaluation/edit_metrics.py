@@ -26,13 +26,21 @@ Two named definitions (SPEC Part B §8):
     Success = mean log-prob comparison (numerically the memit rule). Score = harmonic mean after
     dropping values ≤ 0.
 
-zsRE records (``RecordKind.zsre``, Part C §11.2) have no success metric: only ``*_accuracy``
-(token-level teacher-forced accuracy of ``target_new`` over rewrite / paraphrase prompts, and of
-each neighbor's answer tokens (``loc_ans``) over its prompt, pooled over all tokens of the set)
-and ``score_accuracy`` = harmonic mean of the three accuracies; ``*_success``, ``score_success``
-and magnitudes are absent. Under ``easyedit`` the zsRE specificity is the token-averaged
-agreement of post-edit with pre-edit argmax tokens. The neighbor prompt is used verbatim (a zsRE
-loader gives ``loc + "?"``, the reference's prompt).
+zsRE records (``RecordKind.zsre``, Part C §11.2): ``*_accuracy`` is the token-level
+teacher-forced accuracy of ``target_new`` over rewrite / paraphrase prompts, and of each
+neighbor's answer tokens (``loc_ans``) over its prompt, pooled over all tokens of the set;
+``score_accuracy`` = harmonic mean of the three accuracies; magnitudes are absent. Under ``memit``
+(kmeng01 ``compute_rewrite_quality_zsre``) there is no success metric. Under ``easyedit`` the
+zsRE specificity accuracy is the token-averaged agreement of post-edit with pre-edit argmax
+tokens, and success follows RUOE (``batch_edit_recursive`` for ``zsre`` + EasyEdit
+``test_prediction_success``): efficacy / generalization success = the mean per-token log-prob of
+``target_new`` exceeds that of the ground truth, which RUOE sets to the text ``<|endoftext|>``
+(:data:`ZSRE_EASYEDIT_GROUND_TRUTH`); specificity success is taken per answer token, as RUOE
+splits the neighbor prompt into ``loc? + answer[:i]`` prompts with the single next answer token as
+ground truth: success at ``i`` = ``log p(answer_i | loc? answer_<i)`` exceeds the mean per-token
+log-prob of ``target_new`` after the same prefix; a record's value is the mean over its answer
+tokens; ``score_success`` = harmonic mean of the three. The neighbor prompt is used verbatim (a
+zsRE loader gives ``loc + "?"``, the reference's prompt).
 
 Portability (EasyEdit ``compute_portability_quality``, KnowEdit's "Portability"), under either
 definition and only for records that have :attr:`EditRecord.portability` prompts: per prompt the
@@ -78,6 +86,8 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "score_accuracy",
 )
 MAGNITUDE_KEYS: tuple[str, ...] = ("efficacy_magnitude", "generalization_magnitude", "specificity_magnitude")
+#: RUOE's ground truth of zsRE records (EasyEdit's default ``ground_truth``), the competitor of ``target_new``.
+ZSRE_EASYEDIT_GROUND_TRUTH = "<|endoftext|>"
 PORTABILITY_KEY = "portability_accuracy"
 PORTABILITY = "portability"
 
@@ -130,12 +140,13 @@ def _normalize_pre_predictions(
     return table
 
 
-def _record_prompts(record: EditRecord) -> dict[str, list[tuple[str, str, str]]]:
-    """Per prompt set: ``(prompt, correct target, competing target)`` triples."""
+def _record_prompts(record: EditRecord, rule: MetricDefinition) -> dict[str, list[tuple[str, str, str]]]:
+    """Per prompt set: ``(prompt, correct target, competing target)`` triples (no competitor: ``""``)."""
     if record.kind is RecordKind.zsre:
+        truth = ZSRE_EASYEDIT_GROUND_TRUTH if rule is MetricDefinition.easyedit else ""
         return {
-            "efficacy": [(record.rewrite_prompt, record.target_new, "")],
-            "generalization": [(p, record.target_new, "") for p in record.paraphrase_prompts],
+            "efficacy": [(record.rewrite_prompt, record.target_new, truth)],
+            "generalization": [(p, record.target_new, truth) for p in record.paraphrase_prompts],
             "specificity": [(n.prompt, n.target, "") for n in record.neighborhood],
         }
     return {
@@ -196,8 +207,20 @@ def _zsre_row(
     scores: dict[str, list[tuple[TargetScore, TargetScore]]],
     rule: MetricDefinition,
     pre_ids: list[list[int]] | None,
+    new_after_answer_prefix: Sequence[Sequence[float]] = (),
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"case_id": record.case_id, "kind": record.kind.value, "metric_definition": rule.value}
+    if rule is MetricDefinition.easyedit:
+        for name in ("efficacy", "generalization"):
+            success = [float(c.mean_logprob > t.mean_logprob) for c, t in scores[name]]
+            row[f"{name}_success"] = _mean(success)
+        # per answer token i: log p(answer_i | loc? answer_<i) against target_new's mean log-prob there
+        per_token = [
+            float(answer.token_logprobs[i] > new_logprob)
+            for (answer, _), new_logprobs in zip(scores["specificity"], new_after_answer_prefix)
+            for i, new_logprob in enumerate(new_logprobs)
+        ]
+        row["specificity_success"] = _mean(per_token)
     for name in PROMPT_SETS:
         correct_scores = [c for c, _ in scores[name]]
         if name == "specificity" and rule is MetricDefinition.easyedit:
@@ -239,8 +262,18 @@ def evaluate_records(
     targets: list[list[int]] = []
     # (record index, set name, correct pair index, competing pair index or -1)
     layout: list[tuple[int, str, int, int]] = []
+    # easyedit zsRE specificity success: target_new after each answer prefix (record, neighbor, sequence index)
+    answer_prefixes: list[tuple[int, int, int, int]] = []
     for r, record in enumerate(records):
-        for name, triples in _record_prompts(record).items():
+        if record.kind is RecordKind.zsre and rule is MetricDefinition.easyedit:
+            new_ids = ids_of(record.target_new)
+            for k, neighbor in enumerate(record.neighborhood):
+                answer = ids_of(neighbor.target)
+                for i in range(len(answer)):
+                    answer_prefixes.append((r, k, i, len(prompts)))
+                    prompts.append(neighbor.prompt)
+                    targets.append(answer[:i] + new_ids)
+        for name, triples in _record_prompts(record, rule).items():
             for prompt, correct, competing in triples:
                 correct_index, competing_index = len(prompts), -1
                 prompts.append(prompt)
@@ -261,9 +294,13 @@ def evaluate_records(
     ]
     for r, name, i, j in layout:
         per_record[r][name].append((scored[i], scored[j] if j >= 0 else scored[i]))
+    new_after_prefix: list[dict[int, list[float]]] = [{} for _ in records]
+    for r, k, i, index in answer_prefixes:
+        tail = scored[index].token_logprobs[i:]  # target_new's tokens after the answer prefix
+        new_after_prefix[r].setdefault(k, []).append(sum(tail) / len(tail))
 
     rows: list[dict[str, Any]] = []
-    for record, scores in zip(records, per_record):
+    for record, scores, prefixes in zip(records, per_record, new_after_prefix):
         pre_ids = None
         if pre_table is not None:
             if record.case_id not in pre_table:
@@ -275,7 +312,7 @@ def evaluate_records(
                     f"for {len(scores['specificity'])} neighborhood prompts"
                 )
         if record.kind is RecordKind.zsre:
-            row = _zsre_row(record, scores, rule, pre_ids)
+            row = _zsre_row(record, scores, rule, pre_ids, [prefixes.get(k, []) for k in range(len(record.neighborhood))])
         else:
             row = _counterfact_row(record, scores, rule, pre_ids)
         if record.portability:
@@ -323,10 +360,10 @@ def summarize(
     Keys (SPEC Part A): ``efficacy_success``, ``efficacy_accuracy``, ``generalization_success``,
     ``generalization_accuracy``, ``specificity_success``, ``specificity_accuracy``,
     ``score_success``, ``score_accuracy``, plus the magnitudes ``efficacy_magnitude``,
-    ``generalization_magnitude``, ``specificity_magnitude`` (SPEC §11.1 EM/PM/NM). Success keys,
-    ``score_success`` and magnitudes exist only when some row is a CounterFact record (zsRE has
-    no success metric). A prompt set no record has gives ``None`` (and a ``None`` memit Score).
-    ``portability_accuracy`` is present only when some record has portability prompts.
+    ``generalization_magnitude``, ``specificity_magnitude`` (SPEC §11.1 EM/PM/NM). Success keys and
+    ``score_success`` exist only when some row has a success metric (not zsRE under ``memit``),
+    magnitudes only for CounterFact rows. A prompt set no record has gives ``None`` (and a ``None``
+    memit Score). ``portability_accuracy`` is present only when some record has portability prompts.
     """
     if definition is None:
         definition = next((row["metric_definition"] for row in rows if "metric_definition" in row), "memit")
@@ -337,7 +374,8 @@ def summarize(
                 f"row case_id={row.get('case_id')} was computed with metric definition "
                 f"{row.get('metric_definition')!r}, not {rule.value!r}"
             )
-    has_success = any(row.get("kind", RecordKind.counterfact.value) != RecordKind.zsre.value for row in rows)
+    has_success = any(row.get("efficacy_success") is not None for row in rows)
+    has_magnitude = any(row.get("efficacy_magnitude") is not None for row in rows)
     summary: dict[str, Any] = {}
 
     def average(key: str) -> float | None:
@@ -350,7 +388,7 @@ def summarize(
     if has_success:
         summary["score_success"] = harmonic_mean([summary[f"{n}_success"] for n in PROMPT_SETS], rule)
     summary["score_accuracy"] = harmonic_mean([summary[f"{n}_accuracy"] for n in PROMPT_SETS], rule)
-    if has_success:
+    if has_magnitude:
         for key in MAGNITUDE_KEYS:
             summary[key] = average(key)
     portability = summarize_portability(rows)
