@@ -8,7 +8,8 @@ agree and prints records/s for each and the speed-ups.
 
 Examples::
 
-    python scripts/bench_eval.py                                   # SmolLM2-135M, 30 built-in records
+    python scripts/bench_eval.py --threads 1                       # SmolLM2-135M, 30 built-in records
+    python scripts/bench_eval.py --threads 1 --skip-loop --rounds 5  # reference vs batched only
     python scripts/bench_eval.py --data ../shared/data/counterfact/multi_counterfact.partial19000.json --num 30
     python scripts/bench_eval.py --model-path gpt2-xl --device cuda --dtype float16 --num 200
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -198,10 +200,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions of the batched path (best is used)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the batched and reference paths (medians are used)")
+    parser.add_argument("--skip-loop", action="store_true", help="leave out the (slow) per-prompt loop")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--tolerance", type=float, default=None, help="max NLL difference (default 1e-4, 2e-2 for 16-bit)")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.model_path:
         lm = load_model(args.model_path, device=args.device, dtype=args.dtype)
     else:
@@ -211,27 +217,33 @@ def main() -> None:
     pairs = sum(2 * (1 + len(r.paraphrase_prompts) + len(r.neighborhood)) for r in records)
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
 
+    cpu_times: dict[str, list[float]] = {"batched": [], "reference": []}
+
+    def timed(run, name: str | None = None):
+        sync()
+        start, cpu = time.perf_counter(), time.process_time()
+        out = run()
+        sync()
+        if name is not None:  # on one thread, CPU seconds measure the work whatever else the machine runs
+            cpu_times[name].append(time.process_time() - cpu)
+        return time.perf_counter() - start, out
+
     evaluate_records(model, tok, records[:2], batch_size=args.batch_size)  # warm-up
-    best = float("inf")
+    batched_times, reference_times = [], []
     rows: list[dict[str, Any]] = []
-    for _ in range(max(1, args.repeats)):
-        sync()
-        start = time.perf_counter()
-        rows = evaluate_records(model, tok, records, batch_size=args.batch_size)
-        sync()
-        best = min(best, time.perf_counter() - start)
-
-    sync()
-    start = time.perf_counter()
-    loop = [loop_scores(model, tok, record) for record in records]
-    sync()
-    loop_seconds = time.perf_counter() - start
-
-    sync()
-    start = time.perf_counter()
-    reference = [reference_scores(model, tok, record) for record in records]
-    sync()
-    reference_seconds = time.perf_counter() - start
+    reference: list[dict[str, Any]] = []
+    for _ in range(max(1, args.rounds)):  # interleaved, so that a change of machine load hits both paths
+        seconds, rows = timed(lambda: evaluate_records(model, tok, records, batch_size=args.batch_size), "batched")
+        batched_times.append(seconds)
+        seconds, reference = timed(lambda: [reference_scores(model, tok, record) for record in records], "reference")
+        reference_times.append(seconds)
+        print(
+            f"  round: batched {batched_times[-1]:.3f} s ({cpu_times['batched'][-1]:.3f} CPU s), "
+            f"reference {reference_times[-1]:.3f} s ({cpu_times['reference'][-1]:.3f} CPU s)",
+            flush=True,
+        )
+    loop_seconds, loop = timed(lambda: [] if args.skip_loop else [loop_scores(model, tok, record) for record in records])
+    best, reference_seconds = statistics.median(batched_times), statistics.median(reference_times)
 
     tolerance = args.tolerance if args.tolerance is not None else (1e-4 if args.dtype == "float32" else 2e-2)
     worst, flips = compare(rows, loop, tolerance)
@@ -242,11 +254,16 @@ def main() -> None:
 
     print(f"model {lm.name} on {lm.device} ({args.dtype}); {len(records)} records, {pairs} (prompt, target) pairs")
     print(f"{'path':<26}{'seconds':>10}{'records/s':>12}{'pairs/s':>12}")
+    print(f"medians of {len(batched_times)} interleaved rounds; torch threads {torch.get_num_threads()}")
     print(f"{'batched (bs=' + str(args.batch_size) + ')':<26}{best:>10.3f}{len(records) / best:>12.3g}{pairs / best:>12.3g}")
-    print(f"{'per-record loop':<26}{loop_seconds:>10.3f}{len(records) / loop_seconds:>12.3g}{pairs / loop_seconds:>12.3g}")
+    if loop:
+        print(f"{'per-prompt loop (once)':<26}{loop_seconds:>10.3f}{len(records) / loop_seconds:>12.3g}{pairs / loop_seconds:>12.3g}")
+        print(f"speed-up vs the loop {loop_seconds / best:.1f}x; max |NLL difference| {worst:.2e}; accuracy flags differing {flips}")
     print(f"{'reference (batch per record)':<26}{reference_seconds:>10.3f}{len(records) / reference_seconds:>12.3g}{pairs / reference_seconds:>12.3g}")
-    print(f"speed-up {loop_seconds / best:.1f}x; max |NLL difference| {worst:.2e}; accuracy flags differing {flips}")
-    print(f"speed-up vs the reference {reference_seconds / best:.1f}x; max |NLL difference| {reference_worst:.2e}; accuracy flags differing {reference_flips}")
+    per_round = statistics.median(r / b for r, b in zip(reference_times, batched_times))
+    print(f"speed-up vs the reference {reference_seconds / best:.1f}x (median of per-round ratios {per_round:.1f}x); max |NLL difference| {reference_worst:.2e}; accuracy flags differing {reference_flips}")
+    cpu_batched, cpu_reference = statistics.median(cpu_times["batched"]), statistics.median(cpu_times["reference"])
+    print(f"CPU seconds: batched {cpu_batched:.3f}, reference {cpu_reference:.3f}; CPU-time speed-up vs the reference {cpu_reference / cpu_batched:.1f}x")
     print("summary: " + ", ".join(f"{k}={v:.3f}" for k, v in summary.items() if v is not None))
 
 

@@ -26,6 +26,7 @@ from edit_runner.models.scoring import (
     greedy_next_tokens,
     next_token_logprobs,
     score_targets,
+    shared_sequences,
 )
 from edit_runner.models.tokens import target_token_ids
 
@@ -79,6 +80,32 @@ def test_batched_scorer_equals_slow_reference(which: str, request: pytest.Fixtur
         assert score.token_logprobs == pytest.approx(lps, abs=1e-5)
         assert list(score.is_argmax) == hits
         assert score.mean_nll == pytest.approx(-sum(lps) / len(lps), abs=1e-5)
+
+
+def test_shared_sequences_run_each_distinct_sequence_once() -> None:
+    prefixes = [[1, 2], [1, 2], [1, 2], [1, 2, 3], [4]]
+    targets = [[9], [3, 7], [3, 7, 8], [5], [6]]
+    sequences, holder = shared_sequences(prefixes, targets)
+    # needed: [1,2], [1,2,3], [1,2,3,7], [1,2,3], [4]: all but [1,2,3,7] and [4] are prefixes of [1,2,3,7]
+    assert sequences == [(1, 2, 3, 7), (4,)]
+    assert holder == [0, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("which", ["tiny_gpt2", "stories260k"])
+def test_shared_prompts_and_targets_equal_slow_reference(which: str, request: pytest.FixtureRequest) -> None:
+    """One prompt with several targets (one a prefix of another), a prompt that is a prefix of
+    another prompt, and repeated pairs: every score is that of its own unshared sequence."""
+    lm = request.getfixturevalue(which)
+    tok = lm.tokenizer
+    prompts = ["The capital of France is", "The capital of France is", "The capital of France is", "The capital of", "Zoo", "Zoo"]
+    texts = ["Paris", "Paris and Lyon", "a city", "France is", "was a little girl", "was a little girl"]
+    targets = [target_token_ids(tok, t) for t in texts]
+    scores = score_targets(lm.model, tok, prompts, targets, batch_size=2)
+    for prompt, target, score in zip(prompts, targets, scores):
+        lps, hits = slow_score(lm.model, tok, prompt, target)
+        assert score.token_logprobs == pytest.approx(lps, abs=1e-5)
+        assert list(score.is_argmax) == hits
+        assert len(score.argmax_ids) == len(target)
 
 
 def test_bos_handling(tiny_gpt2, stories260k) -> None:

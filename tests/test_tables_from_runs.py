@@ -47,6 +47,7 @@ from edit_runner.config import effective_config
 from edit_runner.reporting import tables
 from edit_runner.reporting.layouts import Layout, get_layout, layout_names
 from edit_runner.runner import Runner
+from test_presets import header
 
 PRESET_DIR = Path(str(resources.files("edit_runner.conf") / "experiment"))
 PRESETS = sorted(path.stem for path in PRESET_DIR.glob("*.yaml"))
@@ -72,16 +73,6 @@ KNOWN_GAPS: dict[tuple[str, str], str] = {}
 # ----------------------------------------------------------------------------------------------
 
 
-def header_lines(preset: str) -> list[str]:
-    """The leading comment block of a preset, without the ``#``."""
-    lines = []
-    for line in (PRESET_DIR / f"{preset}.yaml").read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].strip())
-    return lines
-
-
 def cells_of(preset: str) -> list[tuple[str, ...]]:
     """The miniature cells of a preset: each launch command's ``algo`` × ``wrapper`` product.
 
@@ -91,7 +82,7 @@ def cells_of(preset: str) -> list[tuple[str, ...]]:
     hyper-parameters) is the earlier cell.
     """
     cells: dict[tuple[str, ...], tuple[str, ...]] = {}
-    for line in header_lines(preset):
+    for line in header(preset):
         if not line.startswith("edit-run "):
             continue
         tokens = [t for t in shlex.split(line)[1:] if not t.startswith("-")]
@@ -116,7 +107,7 @@ def cells_of(preset: str) -> list[tuple[str, ...]]:
 def report_commands(preset: str) -> list[list[str]]:
     """The ``edit-report`` commands of a preset's header that render tables (argument lists)."""
     commands = []
-    for line in header_lines(preset):
+    for line in header(preset):
         if line.startswith("edit-report ") and "--table" in line:
             commands.append(shlex.split(line)[1:])
     return commands

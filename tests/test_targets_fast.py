@@ -1,11 +1,12 @@
-"""Issue 11 §3: the optimization stage's prefix-cache path equals the full pass.
+"""Issue 11 §3: the optimization stage's prefix-cache and lower-block paths equal the full pass.
 
 δ is added at each row's subject-last token, so in a causal LM nothing before that token depends on
 it; :class:`~edit_runner.editing.targets._StepPass` runs the tokens before it once into a KV cache
 and every Adam step only on the rest. These tests run the same optimization both ways (GPT-2 Conv1D
 layout with learned positions, Llama layout with RoPE) with neighbour rows, MPES and PMET's two
 sites, and check z, the steps and the NLLs agree to float tolerance; and that a model whose forward
-has no cache argument falls back to the full pass.
+has no cache argument falls back to the full pass. The blocks below the sites do not depend on δ
+either (:mod:`edit_runner.models.partial_forward`): replaying their output gives the same z.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edit_runner.data.record import EditRecord, NeighborPrompt
 from edit_runner.editing.targets import OptimizationSettings, _StepPass, optimize_targets, rewrite_rows
 from edit_runner.editing.wrappers.mpes import MPESRule
 from edit_runner.editing.wrappers.neighbor import NeighborRows
+from edit_runner.models.partial_forward import cut_block, lower_block_cache
 from edit_runner.models.tokens import encode_prompts
 from editing_helpers import MEMIT_TEMPLATES
 
@@ -59,7 +61,8 @@ def settings_for(sites: tuple[str, ...], num_steps: int, **kw) -> OptimizationSe
 def both_paths(loaded, records, settings, **kw):
     """The same optimization with the prefix cache and with the full pass every step."""
     cached = optimize_targets(loaded.model, loaded.tokenizer, records, MEMIT_TEMPLATES, settings, **kw)
-    full = optimize_targets(loaded.model, loaded.tokenizer, records, MEMIT_TEMPLATES, dataclasses.replace(settings, reuse_prefix=False), **kw)
+    plain = dataclasses.replace(settings, reuse_prefix=False, reuse_lower=False)
+    full = optimize_targets(loaded.model, loaded.tokenizer, records, MEMIT_TEMPLATES, plain, **kw)
     return cached, full
 
 
@@ -164,3 +167,41 @@ def test_model_without_cache_argument_falls_back_to_the_full_pass(tiny_gpt2):
     fallback = optimize_targets(wrapped, tiny_gpt2.tokenizer, GPT2_RECORDS, MEMIT_TEMPLATES, settings)
     cached = optimize_targets(tiny_gpt2.model, tiny_gpt2.tokenizer, GPT2_RECORDS, MEMIT_TEMPLATES, settings)
     assert_same(cached, fallback, (site,))
+
+
+def test_cut_block_rules():
+    assert cut_block(["model.layers.6"], "model.layers") == 6  # δ at block 6's output: blocks 0..6 replayed
+    assert cut_block(["model.layers.6.mlp", "model.layers.6.self_attn"], "model.layers") == 5  # inside block 6
+    assert cut_block(["model.layers.4", "model.layers.9"], "model.layers") == 4
+    assert cut_block(["model.layers.0.mlp"], "model.layers") is None
+    assert cut_block(["lm_head"], "model.layers") is None
+
+
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+@pytest.mark.parametrize("which", ["tiny_gpt2", "stories260k"])
+def test_lower_block_replay_equals_the_full_pass(which, reuse_prefix, request):
+    """z with blocks 0..l replayed from their kept output equals running them every step (GPT-2 with
+    learned positions, Llama with RoPE; with and without the prefix cache), and the model's blocks are
+    its own again afterwards."""
+    loaded = request.getfixturevalue(which)
+    records = GPT2_RECORDS if which == "tiny_gpt2" else STORY_RECORDS
+    site = loaded.layout.layer(1)
+    settings = settings_for((site,), 8, reuse_prefix=reuse_prefix)
+    assert lower_block_cache(loaded.model, settings.sites).cut == 1
+    blocks = list(loaded.model.get_submodule(loaded.layout.layers))
+    calls = []
+    handle = blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        replayed = optimize_targets(loaded.model, loaded.tokenizer, records, MEMIT_TEMPLATES, settings, extra_rows=(NeighborRows(True, False),))
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + reuse_prefix  # the kept output (and the prefix cache), not once per step
+    assert list(loaded.model.get_submodule(loaded.layout.layers)) == blocks
+    full = optimize_targets(
+        loaded.model, loaded.tokenizer, records, MEMIT_TEMPLATES, dataclasses.replace(settings, reuse_lower=False), extra_rows=(NeighborRows(True, False),)
+    )
+    assert replayed.steps.tolist() == full.steps.tolist()
+    scale = full.z[site].norm(dim=0).max()
+    assert float((replayed.z[site] - full.z[site]).abs().max() / scale) < 1e-5
+    assert float(replayed.delta[site].norm()) > 0
+    assert torch.allclose(replayed.final_nll, full.final_nll, atol=1e-5, rtol=1e-5)

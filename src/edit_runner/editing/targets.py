@@ -20,7 +20,9 @@ import torch
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates
 from edit_runner.errors import OptimizationError
+from edit_runner.models.devices import input_device
 from edit_runner.models.hooks import trace
+from edit_runner.models.partial_forward import lower_block_cache, replaying
 from edit_runner.models.sampling import cache_keyword
 from edit_runner.models.tokens import (
     EncodedBatch,
@@ -62,6 +64,7 @@ class OptimizationSettings:
     pooled_neighbors: bool = False
     chunk: int = 16
     reuse_prefix: bool = True  # cache the tokens before each subject-last token (exact; see _StepPass)
+    reuse_lower: bool = True  # run the blocks below the sites once, not every step (exact; models/partial_forward.py)
 
 
 @dataclass
@@ -132,10 +135,11 @@ class _DeltaInjector:
 
     def __call__(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
         if name not in self.h_init:
-            self.h_init[name] = hidden[self.first_rows, self.lookup[self.first_rows]].detach().float().clone()
-        values = self.delta[self.site_index[name]][self.row_record].to(hidden.dtype)
+            at = self.first_rows.to(hidden.device)  # the site's device (layers may live on other devices)
+            self.h_init[name] = hidden[at, self.lookup.to(hidden.device)[at]].detach().float().clone()
+        values = self.delta[self.site_index[name]][self.row_record].to(device=hidden.device, dtype=hidden.dtype)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return hidden.index_put((rows, self.lookup), values, accumulate=True)
+        return hidden.index_put((rows, self.lookup.to(hidden.device)), values, accumulate=True)
 
 
 def _target_positions(rows: list[LossRow], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,7 +248,7 @@ class _StepPass:
         """Keep only rows ``where`` from now on (records that stopped leave the batch)."""
         self.inputs = {k: v[where] for k, v in self.inputs.items()}
         if self.prefix_cache is not None:
-            self.prefix_cache.batch_select_indices(where)
+            self.prefix_cache.batch_select_indices(where.cpu())  # the cache spans every layer's device
 
     def hidden(self) -> torch.Tensor:
         """Last hidden states of one step (the prefix cache is copied, so it never grows across steps)."""
@@ -253,7 +257,7 @@ class _StepPass:
 
 
 def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, stop_rules, progress=None, done=0) -> TargetResult:
-    device = next(model.parameters()).device
+    device = input_device(model)
     m = len(records)
     rows = rewrite_rows(records, templates, tokenizer)
     for term in extra_rows:
@@ -270,6 +274,9 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
     has_prefixed = any(r.kind == "rewrite" and r.template_index > 0 for r in rows)
 
     step_pass = _StepPass(model.base_model, batch, settings.reuse_prefix)
+    lower = lower_block_cache(model, settings.sites) if settings.reuse_lower else None
+    if lower is not None:  # nothing below the sites depends on δ: run it once
+        lower.capture(step_pass.hidden)
     rs = _RowSet(
         record=as_tensor([r.record for r in rows]),
         lookup=step_pass.lookup,
@@ -300,9 +307,9 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
     nll_weight = torch.full((m,), settings.nll_loss_factor, device=device)
     kl_init = h_norms = None
     for step in range(settings.num_steps):
-        with trace(model, settings.sites, edit_output=injector):
-            hidden = step_pass.hidden()
-        target_logp = torch.log_softmax(lm_head(hidden[rs.tok_row, rs.tok_pos]).float(), dim=-1)
+        with replaying(lower), trace(model, settings.sites, edit_output=injector):
+            hidden = step_pass.hidden().to(device)
+        target_logp = torch.log_softmax(lm_head(hidden[rs.tok_row, rs.tok_pos]).float().to(device), dim=-1)
         token_logp = target_logp.gather(1, rs.tok_id[:, None]).squeeze(1)
         argmax_ok = target_logp.argmax(dim=-1) == rs.tok_id
         row_sum = torch.zeros(len(rs.record), device=device).index_add(0, rs.tok_row, token_logp)
@@ -315,18 +322,19 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
                 nll = _segment_mean(row_nll[pooled], rs.record[pooled], m)
             else:
                 nll = rewrite_nll + settings.neighbor_weight * _segment_mean(row_nll[rs.is_neighbor], rs.record[rs.is_neighbor], m)
-        kl_logp = torch.log_softmax(lm_head(hidden[rs.kl_rows, rs.lookup[rs.kl_rows]]).float(), dim=-1)
+        kl_logp = torch.log_softmax(lm_head(hidden[rs.kl_rows, rs.lookup[rs.kl_rows]]).float().to(device), dim=-1)
         if kl_init is None:
             kl_init = kl_logp.detach().clone()
-            h_norms = torch.stack([injector.h_init[s].norm(dim=-1) for s in settings.sites])
+            h_norms = torch.stack([injector.h_init[s].norm(dim=-1).to(device) for s in settings.sites])
         kl_per_row = (kl_logp.exp() * (kl_logp - kl_init[rs.kl_index])).sum(dim=-1)
         kl = settings.kl_factor * torch.zeros(m, device=device).index_add(0, rs.record[rs.kl_rows], kl_per_row)
         weight_decay = settings.weight_decay * (delta.norm(dim=-1) / h_norms**2).sum(dim=0)
         loss = nll_weight * nll + kl + weight_decay
         current = rewrite_nll.detach()
+        reported = nll.detach() if settings.pooled_neighbors else current  # RUOE's perplexity pools the neighbour rows
         if step == 0:
-            init_nll = current.clone()
-        final_nll = torch.where(active, current, final_nll)
+            init_nll = reported.clone()
+        final_nll = torch.where(active, reported, final_nll)
         steps = torch.where(active, step, steps)
 
         token_record = rs.record[rs.tok_row]
@@ -354,6 +362,8 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
             where = torch.nonzero(active[rs.record]).flatten()
             rs = rs.select(where)
             step_pass.select(where)
+            if lower is not None:
+                lower.select(where)
             injector.row_record, injector.lookup = rs.record, rs.lookup
             running = now_running
         (loss * active).sum().backward()
@@ -368,9 +378,9 @@ def _optimize_chunk(model, tokenizer, records, templates, settings, extra_rows, 
 
     final_delta = delta.detach()
     return TargetResult(
-        z={s: (injector.h_init[s] + final_delta[i]).T.contiguous() for i, s in enumerate(settings.sites)},
+        z={s: (injector.h_init[s] + final_delta[i].to(injector.h_init[s].device)).T.contiguous() for i, s in enumerate(settings.sites)},
         h_init={s: injector.h_init[s].T.contiguous() for s in settings.sites},
-        delta={s: final_delta[i].T.contiguous() for i, s in enumerate(settings.sites)},
+        delta={s: final_delta[i].to(injector.h_init[s].device).T.contiguous() for i, s in enumerate(settings.sites)},
         steps=steps.cpu(),
         init_nll=init_nll.cpu(),
         final_nll=final_nll.cpu(),
@@ -398,7 +408,8 @@ def optimize_targets(
     """Optimize the target vectors of ``records`` in chunks of ``settings.chunk`` records.
 
     Returns ``z = h_init + δ`` per site (``d × n``), the number of Adam steps each record used,
-    and the rewrite NLL at the first (δ = 0) and last evaluated step (for p̄ of iterative editing).
+    and the rewrite NLL at the first (δ = 0) and last evaluated step (for p̄ of iterative editing;
+    pooled with the neighbour rows under NA's pooled weighting, as RUOE reports it).
     """
     parts = [
         _optimize_chunk(model, tokenizer, records[i : i + settings.chunk], templates, settings, extra_rows, stop_rules, progress, i)
@@ -416,22 +427,33 @@ def optimize_targets(
 
 
 @torch.no_grad()
-def rewrite_nll(model: torch.nn.Module, tokenizer, records: list[EditRecord], templates: ContextTemplates, batch_size: int = 64) -> torch.Tensor:
+def rewrite_nll(
+    model: torch.nn.Module,
+    tokenizer,
+    records: list[EditRecord],
+    templates: ContextTemplates,
+    extra_rows: tuple[ExtraRows, ...] = (),
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Per-record mean (over rewriting prompts) per-token NLL of the new object with δ = 0.
 
     This is the quantity behind p̂_k of iterative editing (SPEC B §9): the same prompts and
-    normalisation as the optimization stage, measured on the current weights.
+    normalisation as the optimization stage, measured on the current weights. ``extra_rows``
+    (NA with the pooled weighting) adds their rows to each record's mean, as RUOE's perplexity
+    pools the neighbour rows with the rewriting rows.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     rows = rewrite_rows(records, templates, tokenizer, with_kl=False)
+    for term in extra_rows:
+        rows += term.rows(records, templates, tokenizer)
     lm_head = model.get_output_embeddings()
     row_nll = torch.zeros(len(rows))
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = encode_prompts(tokenizer, [r.prompt for r in chunk], [list(r.target[:-1]) for r in chunk]).to(device)
         row_i, pos_i, tok_i, _ = (t.to(device) for t in _target_positions(chunk, batch.lengths.cpu()))
-        hidden = model.base_model(**batch.model_inputs()).last_hidden_state
-        logp = torch.log_softmax(lm_head(hidden[row_i, pos_i]).float(), dim=-1).gather(1, tok_i[:, None]).squeeze(1)
+        hidden = model.base_model(**batch.model_inputs()).last_hidden_state.to(device)
+        logp = torch.log_softmax(lm_head(hidden[row_i, pos_i]).float().to(device), dim=-1).gather(1, tok_i[:, None]).squeeze(1)
         sums = torch.zeros(len(chunk), device=device).index_add(0, row_i, logp)
         row_nll[start : start + len(chunk)] = (-sums / torch.tensor([float(r.norm_len) for r in chunk], device=device)).cpu()
     record_of = torch.tensor([r.record for r in rows])

@@ -2,12 +2,14 @@
 
 Given ``(prompt text, target token ids)`` pairs, each prompt is tokenized as the tokenizer does
 by default (special tokens included, so a BOS-adding tokenizer such as Llama's gets its BOS),
-the target ids are appended, and the sequences are scored in right-padded batches with
-explicit position ids. For target token ``j`` of a pair with prompt length ``P`` the
-prediction is read at position ``P + j - 1`` (teacher forcing), exactly as
-``test_batch_prediction`` of kmeng01/memit does (SPEC Part C §11.1).
+the target ids are appended, and the sequences are scored in padded batches with explicit
+position ids. For target token ``j`` of a pair with prompt length ``P`` the prediction is read at
+position ``P + j - 1`` (teacher forcing), exactly as ``test_batch_prediction`` of kmeng01/memit
+does (SPEC Part C §11.1). Only the sequences that differ are run: the last target token is never
+fed, and a sequence that is a prefix of another is read from the longer one (the same prompt with
+``target_new`` and ``target_true``, a neighborhood prompt shared by several records).
 
-Pairs are sorted by length before batching (less padding) and scattered back afterwards; the
+Sequences are sorted by length before batching (less padding) and scattered back afterwards; the
 only Python loop around forward passes is the loop over batches. :func:`next_token_logprobs` is
 the single-token case for many candidate tokens after one prefix (downstream label words).
 """
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from edit_runner.errors import DataError
+from edit_runner.models.devices import input_device, module_device
 from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of, right_padded
 
 
@@ -93,7 +96,7 @@ def forward_logits(
     to a pad, so results do not depend on the batch composition. When the model accepts
     ``logits_to_keep`` only the needed positions go through the LM head.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     input_ids, mask, positions = right_padded(rows, pad_id, device)
     kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     keep_from = max(0, first_position)
@@ -101,7 +104,7 @@ def forward_logits(
     if keep_kwarg is not None:
         count = input_ids.shape[1] - keep_from
         # the index form keeps exactly the numbers of a full LM-head pass; older releases take a count
-        kwargs[keep_kwarg] = torch.arange(keep_from, input_ids.shape[1], device=device) if keep_kwarg == "logits_to_keep" else count
+        kwargs[keep_kwarg] = torch.arange(keep_from, input_ids.shape[1], device=module_device(model.get_output_embeddings())) if keep_kwarg == "logits_to_keep" else count
         return model(**kwargs).logits
     return model(**kwargs).logits[:, keep_from:]
 
@@ -113,7 +116,7 @@ def last_token_logits(model: torch.nn.Module, rows: Sequence[Sequence[int]], pad
     the LM head; explicit position ids (``0..len-1`` over the real tokens) and the attention mask
     make each row's result that of the unpadded row.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     input_ids, mask, positions = left_padded(rows, pad_id, device)
     kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     keep_kwarg = _logits_to_keep_kwarg(model)
@@ -127,6 +130,29 @@ def _check_non_empty(prefixes: Sequence[Sequence[int]]) -> None:
         raise DataError("a prompt tokenizes to no tokens and the tokenizer adds no BOS; give a non-empty prompt")
 
 
+def shared_sequences(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The sequences to run and, per pair, which one holds its predictions.
+
+    Pair ``i`` needs the logits after ``prefixes[i] + targets[i][:-1]`` (the last target token is
+    only predicted, never fed). In a causal LM the logits along a sequence are those of every
+    prefix of it, so a needed sequence that is a prefix of another (e.g. the same prompt with a
+    one-token and a longer target, or a prompt repeated across records) is read from the longer
+    one. In lexicographic order every sequence that starts with ``x`` directly follows ``x``, so
+    each one's holder is found from its successor.
+    """
+    needed = [tuple(p) + tuple(t[:-1]) for p, t in zip(prefixes, targets)]
+    ordered = sorted(set(needed))
+    holder = list(range(len(ordered)))
+    for k in range(len(ordered) - 2, -1, -1):
+        following = ordered[k + 1]
+        if following[: len(ordered[k])] == ordered[k]:
+            holder[k] = holder[k + 1]
+    kept = sorted(set(holder))
+    renumber = {old: new for new, old in enumerate(kept)}
+    slot = {seq: renumber[holder[k]] for k, seq in enumerate(ordered)}
+    return [ordered[k] for k in kept], [slot[seq] for seq in needed]
+
+
 @torch.no_grad()
 def score_token_sequences(
     model: torch.nn.Module,
@@ -138,44 +164,52 @@ def score_token_sequences(
     """Teacher-forced scores of ``targets[i]`` appended to the token ids ``prefixes[i]``.
 
     Every prefix must be non-empty (the first target token needs a position to be predicted
-    from) and every target non-empty. Batches hold at most ``batch_size`` sequences.
+    from) and every target non-empty. Each distinct sequence is run once (:func:`shared_sequences`):
+    a prompt scored with several targets, or repeated across records, costs one row. Rows are
+    left padded in length-sorted batches of at most ``batch_size``, so every prediction a row
+    holds lies in its last columns and only those go through the LM head.
     """
     if len(prefixes) != len(targets):
         raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
     _check_non_empty(prefixes)
     if not all(targets):
         raise DataError("a target has no tokens; give a non-empty target")
+    sequences, holder = shared_sequences(prefixes, targets)
+    readers: list[list[int]] = [[] for _ in sequences]
+    for i, s in enumerate(holder):
+        readers[s].append(i)
     results: list[TargetScore | None] = [None] * len(prefixes)
-    for chunk in length_sorted_chunks([len(p) + len(t) for p, t in zip(prefixes, targets)], batch_size):
-        rows = [list(prefixes[i]) + list(targets[i]) for i in chunk]
-        first = min(len(prefixes[i]) for i in chunk) - 1
-        logits = forward_logits(model, rows, pad_id, first_position=first)
-        row_index: list[int] = []
-        pos_index: list[int] = []
-        token_ids: list[int] = []
-        counts: list[int] = []
-        for r, i in enumerate(chunk):
-            p, t = len(prefixes[i]), len(targets[i])
-            row_index.extend([r] * t)
-            pos_index.extend(range(p - 1 - first, p - 1 - first + t))
-            token_ids.extend(targets[i])
-            counts.append(t)
-        device = logits.device
-        selected = logits[
-            torch.tensor(row_index, device=device), torch.tensor(pos_index, device=device)
-        ].float()
-        wanted = torch.tensor(token_ids, device=device)
+    device = input_device(model)
+    keep_kwarg = _logits_to_keep_kwarg(model)
+    for chunk in length_sorted_chunks([len(s) for s in sequences], batch_size):
+        # per target token: batch row, distance of its predicting position from the row's end, token id
+        row_index, back, token_ids, owners = [], [], [], []
+        for r, s in enumerate(chunk):
+            for i in readers[s]:
+                start = len(prefixes[i]) - 1  # position that predicts target token 0
+                row_index.extend([r] * len(targets[i]))
+                back.extend(len(sequences[s]) - start - j for j in range(len(targets[i])))
+                token_ids.extend(targets[i])
+                owners.append(i)
+        keep = max(back)
+        input_ids, mask, positions = left_padded([sequences[s] for s in chunk], pad_id, device)
+        kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        if keep_kwarg is not None:
+            kwargs[keep_kwarg] = keep
+        logits = model(**kwargs).logits[:, -keep:]
+        selected = logits[torch.tensor(row_index, device=logits.device), keep - torch.tensor(back, device=logits.device)].float()
+        wanted = torch.tensor(token_ids, device=logits.device)
         logprobs = torch.log_softmax(selected, dim=-1).gather(1, wanted[:, None])[:, 0]
         argmax = selected.argmax(dim=-1)
-        flat_lp = logprobs.cpu().tolist()
-        flat_arg = argmax.cpu().tolist()
-        flat_hit = (argmax == wanted).cpu().tolist()
+        flat_lp, flat_arg = logprobs.cpu().tolist(), argmax.cpu().tolist()
         offset = 0
-        for i, t in zip(chunk, counts):
+        for i in owners:
+            t = len(targets[i])
+            ids = tuple(int(a) for a in flat_arg[offset : offset + t])
             results[i] = TargetScore(
                 token_logprobs=tuple(flat_lp[offset : offset + t]),
-                argmax_ids=tuple(int(a) for a in flat_arg[offset : offset + t]),
-                is_argmax=tuple(bool(h) for h in flat_hit[offset : offset + t]),
+                argmax_ids=ids,
+                is_argmax=tuple(a == b for a, b in zip(ids, targets[i])),
             )
             offset += t
     return [r for r in results if r is not None]
