@@ -378,15 +378,15 @@ ALGOS = algorithm_registry().names()
 HOOK_WRAPPERS = ["iterative", "na", "nap", "mpes", "norm_constraint", "prev_edit_keys", "d4s"]
 
 #: Which algorithms each wrapper can wrap (DESIGN.md: FT has no optimisation or spread stage; the
-#: spread-equation wrappers need the MEMIT-family normal equations; AlphaEdit keeps its own key memory;
-#: D4S is a MEMIT/PMET running-sum solve).
+#: spread-equation wrappers need the MEMIT-family normal equations; AlphaEdit takes the previous-edit
+#: key memory as its key history (the ENCORE repository's AlphaEdit); D4S is a MEMIT/PMET running-sum solve).
 VALID = {
     "iterative": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
     "na": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
     "nap": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
     "mpes": {"rome", "r_rome", "memit", "pmet", "emmet", "alphaedit"},
     "norm_constraint": {"memit", "pmet", "emmet", "alphaedit"},
-    "prev_edit_keys": {"memit", "pmet", "emmet"},
+    "prev_edit_keys": {"memit", "pmet", "emmet", "alphaedit"},
     "d4s": {"memit", "pmet"},
 }
 CONFLICTS = [{"na", "nap"}, {"iterative", "d4s"}]
@@ -422,7 +422,7 @@ def test_full_combination_matrix(algo: str):
         ("ft", ["encore"], ["wrapper=mpes", "algo=ft"]),
         ("rome", ["d4s"], ["wrapper=d4s", "algo=rome"]),
         ("rome", ["norm_constraint"], ["wrapper=norm_constraint", "algo=rome"]),
-        ("alphaedit", ["encore"], ["wrapper=prev_edit_keys", "algo=alphaedit"]),
+        ("alphaedit", ["d4s"], ["wrapper=d4s", "algo=alphaedit"]),
         ("emmet", ["d4s"], ["wrapper=d4s", "algo=emmet"]),
         ("memit", ["iterative", "d4s"], ["wrapper=iterative", "wrapper=d4s"]),
         ("memit", ["na", "nap"], ["wrapper=na", "wrapper=nap"]),
