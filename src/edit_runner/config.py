@@ -44,10 +44,12 @@ class DataFormat(str, Enum):
 
 
 class ProtocolName(str, Enum):
-    """Editing protocols: all edits in one update, or steps of ``batch_size`` edits."""
+    """Editing protocols: all edits in one update, steps of ``batch_size`` edits applied one after
+    another, or steps each applied to the unedited model (restored after the step's evaluation)."""
 
     batched = "batched"
     sequential = "sequential"
+    independent = "independent"
 
 
 class MetricDefinition(str, Enum):
@@ -103,7 +105,9 @@ class DataConfig:
 
 @dataclass
 class ProtocolConfig:
-    """Batched (one update) or sequential (steps of ``batch_size`` edits, no restore between steps)."""
+    """Batched (one update), sequential (steps of ``batch_size`` edits, no restore between steps) or
+    independent (steps of ``batch_size`` edits, each on the unedited model: weights and editor state
+    are restored after the step's evaluation)."""
 
     name: ProtocolName = MISSING
     batch_size: int | None = None

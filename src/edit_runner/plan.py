@@ -121,6 +121,23 @@ def check_model_path(model: ModelConfig) -> None:
         )
 
 
+def check_independent(cfg: RunConfig) -> None:
+    """``protocol=independent`` reports each step's evaluation (the model is restored after it), so it
+    needs ``protocol.eval_each_step``; a health tracker would only ever see the restored model."""
+    if not cfg.protocol.eval_each_step:
+        raise fail(
+            "protocol.eval_each_step",
+            "protocol=independent restores the unedited model after each step, so its results are the after-step "
+            "evaluations; set protocol.eval_each_step=true",
+        )
+    if cfg.eval.every_n_edits:
+        raise fail(
+            "eval.every_n_edits",
+            "protocol=independent restores the unedited model after each step, so health trackers would measure the "
+            "unedited model; set eval.every_n_edits=null (or use protocol=sequential)",
+        )
+
+
 def plan_run(cfg: RunConfig, cache_dir: Path) -> RunPlan:
     """Validate the config and the data, and split the edits into steps — no model needed."""
     spec = algorithm_spec(cfg.algo.name)
@@ -133,6 +150,8 @@ def plan_run(cfg: RunConfig, cache_dir: Path) -> RunPlan:
         raise fail("protocol", f"algo={spec.name} does not support batched editing; use protocol=sequential")
     if protocol is ProtocolName.sequential and not spec.supports_sequential:
         raise fail("protocol", f"algo={spec.name} does not support sequential editing; use protocol=batched")
+    if protocol is ProtocolName.independent:
+        check_independent(cfg)
     layers = list(cfg.algo.layers)
     if not layers:
         raise fail("algo.layers", "give at least one layer index")

@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edit_runner.config import RunConfig, config_hash
+from edit_runner.config import ProtocolName, RunConfig, config_hash
 from edit_runner.evaluation.health import CATASTROPHIC_FORGETTING_RULE, catastrophic_forgetting_point
 from edit_runner.plan import RunPlan
 from edit_runner.provenance import provenance
@@ -56,12 +56,17 @@ def metric_definition_label(metric_definition: str, record_kind: str) -> str:
 
 
 def protocol_block(cfg: RunConfig, plan: RunPlan, metric_definition: str) -> dict[str, Any]:
-    """How the numbers were produced (never mix two of these in one table)."""
+    """How the numbers were produced (never mix two of these in one table). ``independent`` runs have
+    no final edited model: their ``post`` is each record evaluated right after its own step, on the
+    unedited model plus that step's edits (``eval_timing: after_own_step``, ``post: per_step``)."""
+    independent = cfg.protocol.name is ProtocolName.independent
     return {
         "name": cfg.protocol.name.value,
         "batch_size": plan.batch_size,
         "num_steps": len(plan.steps),
-        "eval_timing": "end",
+        "eval_timing": "after_own_step" if independent else "end",
+        "post": "per_step" if independent else "final_model",
+        "restore_between_steps": independent,
         "step_eval": "after_each_step_on_step_edits" if cfg.protocol.eval_each_step else "none",
         "evaluated_edits": "all",
         "metric_definition": metric_definition_label(metric_definition, plan.records[0].kind.value),

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from edit_runner.config import RunConfig, config_hash, config_yaml
+from edit_runner.config import ProtocolName, RunConfig, config_hash, config_yaml
 from edit_runner.data.record import EditRecord
 from edit_runner.editing.context import ContextTemplates, generate_context_templates, load_context_templates
 from edit_runner.editing.corpora import build_covariance
 from edit_runner.editing.covariance import CovarianceCache
-from edit_runner.editing.editor import Editor, EditorBuilder
+from edit_runner.editing.editor import Editor, EditorBuilder, Snapshot
 from edit_runner.editing.wrappers import PrepareContext
 from edit_runner.errors import ConfigError
 from edit_runner.evaluation.edit_metrics import evaluate_records, summarize
@@ -131,6 +131,8 @@ class Runner:
         for wrapper in plan.wrappers:
             wrapper.install(builder)
         editor = builder.build()
+        independent = ProtocolName(cfg.protocol.name) is ProtocolName.independent
+        pristine = editor.snapshot() if independent else None  # the unedited weights and run state (resume: the same)
         if meta is None:
             self.logs.reset()
             with progress.stage("pre-edit evaluation"):
@@ -148,15 +150,11 @@ class Runner:
         else:
             self._restore(loaded, editor, tracker, state, meta, tensors)
             self.console.print(f"[yellow]resuming[/yellow] after step {state.completed_steps} of {len(plan.steps)}")
-        self._loop(plan, loaded, editor, tracker, state, easyedit_pre, progress)
-        with progress.stage("post-edit evaluation"):
-            post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
-            post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
-            if plan.cases is not None:
-                post |= self._case_metrics(loaded, plan)
-            if cfg.eval.fluency:
-                post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
-        self.logs.records.append([{**r, "eval": "end"} for r in post_rows])
+        self._loop(plan, loaded, editor, tracker, state, easyedit_pre, progress, pristine)
+        if pristine is None:
+            post_rows, post = self._post(loaded, plan, easyedit_pre, progress)
+        else:
+            post_rows, post = self._post_per_step(plan)
         steps = self.logs.steps.read()
         iteration_rows = [{"step": s["step"], "iteration": it["iteration"], **r} for s in steps for it in s["iterations"] for r in it.get("records", [])]
         if iteration_rows:  # per record and outer-loop pass (seed 000 §6.1)
@@ -176,6 +174,31 @@ class Runner:
         return summary
 
     # ------------------------------------------------------------------ pieces
+    def _post(
+        self, loaded: LoadedModel, plan: RunPlan, easyedit_pre: list | None, progress: RunProgress
+    ) -> tuple[list[dict], dict[str, Any]]:
+        """Every record evaluated on the final edited model (logged as ``end`` rows)."""
+        cfg = self.cfg
+        with progress.stage("post-edit evaluation"):
+            post_rows = evaluate_records(loaded.model, loaded.tokenizer, plan.records, self.metric_definition, cfg.eval.batch_size, easyedit_pre)
+            post = self._with_perplexity(loaded, summarize(post_rows, self.metric_definition))
+            if plan.cases is not None:
+                post |= self._case_metrics(loaded, plan)
+            if cfg.eval.fluency:
+                post["fluency"] = fluency(loaded.model, loaded.tokenizer, plan.records)
+        self.logs.records.append([{**r, "eval": "end"} for r in post_rows])
+        return post_rows, post
+
+    def _post_per_step(self, plan: RunPlan) -> tuple[list[dict], dict[str, Any]]:
+        """``protocol=independent``: there is no final edited model; ``post`` summarizes each record (and
+        case) evaluated on its own step's model, i.e. the after-step rows."""
+        rows = [r for r in self.logs.records.read() if r["eval"] == "after_step"]
+        post = summarize(rows, self.metric_definition)
+        if plan.cases is not None:
+            after = [row for step in self.logs.steps.read() for row in step.get("cases", [])]
+            post |= {**plan.cases.summarize(after), "case_metric_definition": plan.cases.definition}
+        return rows, post
+
     def _finished_summary(self) -> dict[str, Any] | None:
         path = self.run_dir / "summary.json"
         if not self.cfg.resume or not path.exists():
@@ -292,8 +315,10 @@ class Runner:
 
     def _loop(
         self, plan: RunPlan, loaded: LoadedModel, editor: Editor, tracker: HealthTracker, state: RunState, easyedit_pre: list | None,
-        progress: RunProgress,
+        progress: RunProgress, pristine: Snapshot | None = None,
     ) -> None:
+        """Edit step by step from ``state.completed_steps`` on; with ``pristine`` (``protocol=independent``)
+        the weights and run state are put back to it after each step's evaluation, before any checkpoint."""
         cfg = self.cfg
         every = cfg.eval.every_n_edits
         schedule = Schedule(int(every), len(plan.records)) if every else None
@@ -330,6 +355,8 @@ class Runner:
                     edited = [r for s in plan.steps[: index + 1] for r in s]
                     with progress.stage(f"health at {done_edits} edits"):
                         step_row["health"] = tracker.measure(loaded.model, loaded.tokenizer, done_edits, edited)
+                if pristine is not None:
+                    editor.restore(pristine)
                 self.logs.steps.append([step_row])
                 state.completed_steps = index + 1
                 progress.note("step %d/%d done (%d edits so far): %s", index + 1, len(plan.steps), done_edits, dict(report.seconds))

@@ -191,8 +191,8 @@ class Editor:
             PassControl(
                 single_pass=lambda: self._single_pass(records, report),
                 measure_after=lambda: self._measure(records, report),
-                snapshot=self._snapshot,
-                restore=self._restore,
+                snapshot=self.snapshot,
+                restore=self.restore,
             ),
         )
         return report
@@ -281,12 +281,29 @@ class Editor:
         return params
 
     # ----- weights ---------------------------------------------------------------------------
-    def _snapshot(self) -> Snapshot:
-        weights = {name: self.model.get_submodule(name).weight.detach().clone() for name in self.modules}
-        return {"weights": weights, "state": self.state_dict()}
+    def snapshot(self) -> Snapshot:
+        """The touched modules' weights and biases and the run state (:meth:`state_dict`), cloned."""
+        params = {}
+        for name in self.modules:
+            module = self.model.get_submodule(name)
+            for attr in ("weight", "bias"):
+                if getattr(module, attr, None) is not None:
+                    params[f"{name}.{attr}"] = getattr(module, attr).detach().clone()
+        return {"params": params, "state": _cloned(self.state_dict())}
 
-    def _restore(self, snapshot: Snapshot) -> None:
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put back what :meth:`snapshot` took; the snapshot itself stays unchanged (reusable)."""
         with torch.no_grad():
-            for name, weight in snapshot["weights"].items():
-                self.model.get_submodule(name).weight.copy_(weight)
-        self.load_state_dict(snapshot["state"])
+            for key, value in snapshot["params"].items():
+                name, attr = key.rsplit(".", 1)
+                getattr(self.model.get_submodule(name), attr).copy_(value)
+        self.load_state_dict(_cloned(snapshot["state"]))
+
+
+def _cloned(state: Any) -> Any:
+    """A copy of nested dicts of tensors whose tensors share no storage with ``state``'s."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {key: _cloned(value) for key, value in state.items()}
+    return state
