@@ -18,8 +18,8 @@ from edit_runner.evaluation.perplexity import (
     perplexity_of_texts,
     resolve_me_ppl,
 )
-from edit_runner.models.padding import left_padded, length_sorted_chunks, right_padded
-from edit_runner.models.sampling import greedy_texts
+from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of, right_padded
+from edit_runner.models.sampling import greedy_generate
 from edit_runner.models.scoring import (
     TargetScore,
     encode_texts,
@@ -175,10 +175,11 @@ def test_next_token_logprobs_equal_single_token_scores(which: str, request: pyte
             assert float(table[i, k]) == pytest.approx(lps[0], abs=1e-5)
 
 
-def test_greedy_texts_equal_right_padded_argmax(stories260k) -> None:
+def test_greedy_generate_equals_right_padded_argmax(stories260k) -> None:
     tok = stories260k.tokenizer
     prompts = ["Zoo", "Once upon a time, there was a", "She said"]
-    texts = greedy_texts(stories260k.model, tok, prompts, max_new_tokens=10, batch_size=2)
+    new_ids = greedy_generate(stories260k.model, encode_texts(tok, prompts), 10, pad_id_of(tok), batch_size=2)
+    texts = tok.batch_decode(new_ids, skip_special_tokens=True)
     assert texts[0].startswith("was a little girl named Lily")
     expected = greedy_next_tokens(stories260k.model, tok, prompts, 10, batch_size=3)
     assert texts == [tok.decode(ids, skip_special_tokens=True) for ids in expected]

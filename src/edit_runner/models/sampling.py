@@ -10,8 +10,7 @@ from typing import Any
 import torch
 
 from edit_runner.models.devices import input_device
-from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of
-from edit_runner.models.scoring import encode_texts
+from edit_runner.models.padding import left_padded, length_sorted_chunks
 
 
 def cache_keyword(model: torch.nn.Module) -> str:
@@ -108,11 +107,3 @@ def greedy_generate(
         for b, i in enumerate(chunk):
             out[i] = generated[b, ids.shape[1] :].tolist()
     return out
-
-
-def greedy_texts(
-    model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 40, batch_size: int = 64
-) -> list[str]:
-    """Greedy continuations of ``prompts`` as text (special tokens skipped), e.g. for the fluency metric."""
-    new_ids = greedy_generate(model, encode_texts(tokenizer, prompts), max_new_tokens, pad_id_of(tokenizer), batch_size)
-    return tokenizer.batch_decode(new_ids, skip_special_tokens=True)
