@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from edit_runner.data.record import EditRecord
 from edit_runner.errors import ConfigError
+from edit_runner.models.devices import input_device
+from edit_runner.models.hooks import trace
 from edit_runner.models.layout import ModelLayout, is_transposed
 from edit_runner.models.padding import pad_id_of, right_padded
 from edit_runner.models.scoring import encode_texts
@@ -73,8 +75,7 @@ def edit_rows(tokenizer: Any, records: Sequence[EditRecord]) -> ScoredRows:
 def forward(model: nn.Module, batch: ScoredRows, pad_id: int, weights: dict[str, Tensor] | None = None) -> Tensor:
     """Logits (``rows × width × vocab``) of ``batch``; ``weights`` (module name → math-layout weight) replace
     the modules' weights functionally (the model itself is never changed)."""
-    device = next(model.parameters()).device
-    input_ids, mask, positions = right_padded(batch.rows, pad_id, device)
+    input_ids, mask, positions = right_padded(batch.rows, pad_id, input_device(model))
     inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
     if not weights:
         return model(**inputs).logits
@@ -108,32 +109,21 @@ def row_mean_nll(logits: Tensor, batch: ScoredRows) -> Tensor:
 def gradient_factors(model: nn.Module, tokenizer: Any, records: Sequence[EditRecord], modules: Sequence[str]) -> Factors:
     """``(u, δ)`` rows (``n × d_in``, ``n × d_out``, float32) of every module for the edit loss of ``records``."""
     batch = edit_rows(tokenizer, records)
-    seen: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def hook(name: str):
-        def capture(_module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
-            seen[name] = (args[0].detach(), output)
-
-        return capture
-
     targets = [model.get_submodule(name) for name in modules]
-    handles = [module.register_forward_hook(hook(name)) for name, module in zip(modules, targets)]
     flags = [module.weight.requires_grad for module in targets]
     try:
         for module in targets:
             module.weight.requires_grad_(True)  # so the outputs are in the graph; the weights are not changed
-        with torch.enable_grad():
+        with torch.enable_grad(), trace(model, modules, inputs=True, outputs=True, detach=False) as seen:
             logits = forward(model, batch, pad_id_of(tokenizer))
             loss = row_mean_nll(logits, batch).sum()
-            grads = torch.autograd.grad(loss, [seen[name][1] for name in modules])
+            grads = torch.autograd.grad(loss, [seen.outputs[name] for name in modules])
     finally:
-        for handle in handles:
-            handle.remove()
         for module, flag in zip(targets, flags):
             module.weight.requires_grad_(flag)
     factors: Factors = {}
     for name, grad in zip(modules, grads):
-        u = seen[name][0].reshape(-1, seen[name][0].shape[-1]).float()
+        u = seen.inputs[name].detach().reshape(-1, seen.inputs[name].shape[-1]).float()
         d = grad.reshape(-1, grad.shape[-1]).float()
         keep = (u != 0).any(dim=1) & (d != 0).any(dim=1)
         factors[name] = (u[keep], d[keep])

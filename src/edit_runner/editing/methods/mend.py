@@ -26,6 +26,7 @@ from edit_runner.editing.algorithms import ALGORITHMS, AlgorithmSpec
 from edit_runner.editing.mend_factors import gradient_factors, math_shape
 from edit_runner.editing.mend_network import load_network
 from edit_runner.errors import ConfigError
+from edit_runner.models.devices import input_device
 from edit_runner.models.layout import add_to_weight, weight_matrix
 
 
@@ -70,8 +71,7 @@ class MendEditor:
     def deltas(self, model: torch.nn.Module, tokenizer: Any, records: list[EditRecord]) -> dict[str, Tensor]:
         """``ΔW`` (math layout, float32) of every edited module for ``records`` on ``model``'s current weights."""
         factors = gradient_factors(model, tokenizer, records, self.modules)
-        device = next(model.parameters()).device
-        self.network.to(device)
+        self.network.to(input_device(model))
         with torch.no_grad():
             return self.network.deltas(factors)
 
