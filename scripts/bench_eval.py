@@ -11,7 +11,14 @@ Examples::
     python scripts/bench_eval.py --threads 1                       # SmolLM2-135M, 30 built-in records
     python scripts/bench_eval.py --threads 1 --skip-loop --rounds 5  # reference vs batched only
     python scripts/bench_eval.py --data ../shared/data/counterfact/multi_counterfact.partial19000.json --num 30
+    python scripts/bench_eval.py --data ../shared/data/counterfact/multi_counterfact.partial19000.json \
+        --num 1000 --reference-sample 40 --rounds 1 --skip-loop --threads 1   # a run-sized evaluation
     python scripts/bench_eval.py --model-path gpt2-xl --device cuda --dtype float16 --num 200
+
+The reference evaluates each record alone, so its time is linear in the records: with
+``--reference-sample K`` it runs on K records spread evenly over the N and its time is scaled by
+N / K (printed as projected); the numbers are compared on those K records. The tokens each path
+feeds the model (padding included) are counted by a forward hook and printed.
 """
 
 from __future__ import annotations
@@ -202,6 +209,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the batched and reference paths (medians are used)")
     parser.add_argument("--skip-loop", action="store_true", help="leave out the (slow) per-prompt loop")
+    parser.add_argument("--reference-sample", type=int, default=None, help="run the reference on this many records spread over the N and scale its time by N/K")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--tolerance", type=float, default=None, help="max NLL difference (default 1e-4, 2e-2 for 16-bit)")
     args = parser.parse_args()
@@ -217,10 +225,17 @@ def main() -> None:
     pairs = sum(2 * (1 + len(r.paraphrase_prompts) + len(r.neighborhood)) for r in records)
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
 
+    sample_size = min(args.reference_sample or len(records), len(records))
+    sampled = [round(k * len(records) / sample_size) for k in range(sample_size)]
+    reference_records = [records[i] for i in sampled]
+    scale = len(records) / len(reference_records)
     cpu_times: dict[str, list[float]] = {"batched": [], "reference": []}
+    fed = {"tokens": 0}
+    model.register_forward_pre_hook(lambda _module, args, kwargs: fed.__setitem__("tokens", fed["tokens"] + kwargs["input_ids"].numel()), with_kwargs=True)
 
     def timed(run, name: str | None = None):
         sync()
+        fed["tokens"] = 0
         start, cpu = time.perf_counter(), time.process_time()
         out = run()
         sync()
@@ -230,16 +245,21 @@ def main() -> None:
 
     evaluate_records(model, tok, records[:2], batch_size=args.batch_size)  # warm-up
     batched_times, reference_times = [], []
+    tokens: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     reference: list[dict[str, Any]] = []
     for _ in range(max(1, args.rounds)):  # interleaved, so that a change of machine load hits both paths
         seconds, rows = timed(lambda: evaluate_records(model, tok, records, batch_size=args.batch_size), "batched")
         batched_times.append(seconds)
-        seconds, reference = timed(lambda: [reference_scores(model, tok, record) for record in records], "reference")
-        reference_times.append(seconds)
+        tokens["batched"] = fed["tokens"]
+        seconds, reference = timed(lambda: [reference_scores(model, tok, record) for record in reference_records], "reference")
+        reference_times.append(seconds * scale)
+        cpu_times["reference"][-1] *= scale
+        tokens["reference"] = round(fed["tokens"] * scale)
         print(
             f"  round: batched {batched_times[-1]:.3f} s ({cpu_times['batched'][-1]:.3f} CPU s), "
-            f"reference {reference_times[-1]:.3f} s ({cpu_times['reference'][-1]:.3f} CPU s)",
+            f"reference {reference_times[-1]:.3f} s ({cpu_times['reference'][-1]:.3f} CPU s)"
+            + (f", projected from {len(reference_records)} records" if scale != 1 else ""),
             flush=True,
         )
     loop_seconds, loop = timed(lambda: [] if args.skip_loop else [loop_scores(model, tok, record) for record in records])
@@ -247,7 +267,7 @@ def main() -> None:
 
     tolerance = args.tolerance if args.tolerance is not None else (1e-4 if args.dtype == "float32" else 2e-2)
     worst, flips = compare(rows, loop, tolerance)
-    reference_worst, reference_flips = compare(rows, reference, tolerance)
+    reference_worst, reference_flips = compare([rows[i] for i in sampled], reference, tolerance)
     if (flips or reference_flips) and args.dtype == "float32":
         raise SystemExit(f"{flips} / {reference_flips} accuracy flags differ between the batched and the loop / reference evaluation")
     summary = summarize(rows)
@@ -259,6 +279,7 @@ def main() -> None:
     if loop:
         print(f"{'per-prompt loop (once)':<26}{loop_seconds:>10.3f}{len(records) / loop_seconds:>12.3g}{pairs / loop_seconds:>12.3g}")
         print(f"speed-up vs the loop {loop_seconds / best:.1f}x; max |NLL difference| {worst:.2e}; accuracy flags differing {flips}")
+    print(f"tokens fed to the model (padding included): batched {tokens['batched']:,}, reference {tokens['reference']:,}" + (" (projected)" if scale != 1 else ""))
     print(f"{'reference (batch per record)':<26}{reference_seconds:>10.3f}{len(records) / reference_seconds:>12.3g}{pairs / reference_seconds:>12.3g}")
     per_round = statistics.median(r / b for r, b in zip(reference_times, batched_times))
     print(f"speed-up vs the reference {reference_seconds / best:.1f}x (median of per-round ratios {per_round:.1f}x); max |NLL difference| {reference_worst:.2e}; accuracy flags differing {reference_flips}")

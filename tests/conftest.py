@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,6 +80,20 @@ def one_thread():
 def cov_dir(tmp_path_factory) -> Path:
     """A module-wide covariance cache directory."""
     return tmp_path_factory.mktemp("covariance")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """A module-wide ``cache_dir`` for in-process jobs (covariance statistics, dequantised models)."""
+    return tmp_path_factory.mktemp("er_cache")
+
+
+@pytest.fixture(scope="module")
+def data_file(request: pytest.FixtureRequest, tmp_path_factory) -> Path:
+    """The requesting test module's ``RECORDS`` written as a ``data=custom`` JSON file."""
+    path = tmp_path_factory.mktemp("data") / "edits.json"
+    path.write_text(json.dumps(request.module.RECORDS))
+    return path
 
 
 @pytest.fixture(scope="module")

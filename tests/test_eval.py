@@ -77,7 +77,7 @@ def test_batched_scorer_equals_slow_reference(which: str, request: pytest.Fixtur
     scores = score_targets(lm.model, tok, PROMPTS, targets, batch_size=3)
     for prompt, target, score in zip(PROMPTS, targets, scores):
         lps, hits = slow_score(lm.model, tok, prompt, target)
-        assert score.token_logprobs == pytest.approx(lps, abs=1e-5)
+        assert score.token_logprobs == pytest.approx(lps, rel=1e-6, abs=1e-5)
         assert list(score.is_argmax) == hits
         assert score.mean_nll == pytest.approx(-sum(lps) / len(lps), abs=1e-5)
 
@@ -103,7 +103,7 @@ def test_shared_prompts_and_targets_equal_slow_reference(which: str, request: py
     scores = score_targets(lm.model, tok, prompts, targets, batch_size=2)
     for prompt, target, score in zip(prompts, targets, scores):
         lps, hits = slow_score(lm.model, tok, prompt, target)
-        assert score.token_logprobs == pytest.approx(lps, abs=1e-5)
+        assert score.token_logprobs == pytest.approx(lps, rel=1e-6, abs=1e-5)
         assert list(score.is_argmax) == hits
         assert len(score.argmax_ids) == len(target)
 
@@ -125,7 +125,7 @@ def test_padding_invariance(which: str, request: pytest.FixtureRequest) -> None:
     one = score_targets(lm.model, tok, prompts, targets, batch_size=1)
     eight = score_targets(lm.model, tok, prompts, targets, batch_size=8)
     for a, b in zip(one, eight):
-        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-5)
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, rel=1e-6, abs=1e-5)
         assert a.is_argmax == b.is_argmax
 
 

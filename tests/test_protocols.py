@@ -32,18 +32,6 @@ def _one_thread(one_thread):
     """Run this module's tiny-model runs on one thread."""
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("er_cache")
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "edits.json"
-    path.write_text(json.dumps(RECORDS))
-    return path
-
-
 def memit_overrides(shared_dir: Path, cache_dir: Path, data_file: Path, *protocol: str) -> list[str]:
     return [
         "algo=memit", "algo.layers=[1,2]", "algo.mom2_update_weight=100", "algo.v_num_grad_steps=6", "algo.mom2_n_samples=200",

@@ -82,18 +82,6 @@ def _one_thread(one_thread):
     """Run this module's tiny-model runs on one thread."""
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("er_cache")
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "edits.json"
-    path.write_text(json.dumps(RECORDS))
-    return path
-
-
 def overrides_for(case: str, shared_dir: Path, cache_dir: Path, data_file: Path) -> list[str]:
     return [
         *CASES[case][0],

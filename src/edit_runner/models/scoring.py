@@ -2,23 +2,31 @@
 
 Given ``(prompt text, target token ids)`` pairs, each prompt is tokenized as the tokenizer does
 by default (special tokens included, so a BOS-adding tokenizer such as Llama's gets its BOS),
-the target ids are appended, and the sequences are scored in padded batches with explicit
-position ids. For target token ``j`` of a pair with prompt length ``P`` the prediction is read at
+the target ids are appended, and the sequences are scored in batches with explicit position
+ids. For target token ``j`` of a pair with prompt length ``P`` the prediction is read at
 position ``P + j - 1`` (teacher forcing), exactly as ``test_batch_prediction`` of kmeng01/memit
-does (SPEC Part C §11.1). Only the sequences that differ are run: the last target token is never
-fed, and a sequence that is a prefix of another is read from the longer one (the same prompt with
-``target_new`` and ``target_true``, a neighborhood prompt shared by several records).
+does (SPEC Part C §11.1). The last target token is never fed.
 
-Sequences are sorted by length before batching (less padding) and scattered back afterwards; the
-only Python loop around forward passes is the loop over batches. :func:`next_token_logprobs` is
-the single-token case for many candidate tokens after one prefix (downstream label words).
+Two batchings, the same numbers (up to float32 summation order):
+
+* **prefix-tree packing** (:mod:`edit_runner.models.tree_packing`) where the architecture and
+  attention implementation take a custom 4D mask (:func:`tree_mask_form`): every distinct prefix
+  of the needed sequences is one token of one row, run once — the prompt shared by
+  ``target_new`` and ``target_true``, a template shared by neighbourhood prompts, a prompt
+  repeated across records;
+* otherwise **length-sorted left-padded batches** of the distinct sequences, a sequence that is a
+  prefix of another read from the longer one (:func:`shared_sequences`).
+
+Either way only the positions that are read go through the LM head, and the only Python loop
+around forward passes is the loop over batches. :func:`next_token_logprobs` is the single-token
+case for many candidate tokens after one prefix (downstream label words).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +34,9 @@ import torch
 
 from edit_runner.errors import DataError
 from edit_runner.models.devices import input_device, module_device
+from edit_runner.models.layout import LAYOUTS
 from edit_runner.models.padding import left_padded, length_sorted_chunks, pad_id_of, right_padded
+from edit_runner.models.tree_packing import pack_prefix_trees, packed_batch, row_batches
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,113 @@ def shared_sequences(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequen
     return [ordered[k] for k in kept], [slot[seq] for seq in needed]
 
 
+#: Nodes per packed row (a longer sequence gets a row of its own length): small enough that the
+#: attention over a row costs a few percent of the projections, large enough to share prefixes.
+ROW_CAPACITY = 128
+#: Padded tokens per packed forward pass per unit of ``batch_size`` (64 → 1,024 tokens, about what
+#: 64 left-padded CounterFact sequences hold).
+TOKENS_PER_SEQUENCE = 16
+#: Attention implementations that take a custom 4D mask, and the mask form each expects.
+TREE_MASK_FORMS: dict[str, str] = {"sdpa": "bool", "eager": "additive"}
+
+
+def tree_mask_form(model: torch.nn.Module, longest: int) -> str | None:
+    """How ``model`` takes a prefix-tree attention mask (``"bool"`` / ``"additive"``), or ``None`` when it cannot.
+
+    Packing needs an architecture whose custom 4D masks are verified (the families of
+    :data:`~edit_runner.models.layout.LAYOUTS`, tested one by one), an attention implementation
+    that takes such a mask (SDPA or eager; flash-attention does not), and no sliding window
+    shorter than the longest sequence (the tree mask would not apply it).
+    """
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in LAYOUTS:
+        return None
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) and window < longest:
+        return None
+    return TREE_MASK_FORMS.get(str(getattr(config, "_attn_implementation", None)))
+
+
+Batch = tuple[torch.Tensor, list[int], list[int], list[int]]
+
+
+def _padded_batches(
+    model: torch.nn.Module, prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], batch_size: int, pad_id: int
+) -> Iterator[Batch]:
+    """Length-sorted left-padded batches of the distinct sequences (:func:`shared_sequences`).
+
+    Yields ``(logits, row, column, owners)``: for every target token of the pairs ``owners`` (in
+    that order) the logits row and column that predict it.
+    """
+    sequences, holder = shared_sequences(prefixes, targets)
+    readers: list[list[int]] = [[] for _ in sequences]
+    for i, s in enumerate(holder):
+        readers[s].append(i)
+    device = input_device(model)
+    keep_kwarg = _logits_to_keep_kwarg(model)
+    for chunk in length_sorted_chunks([len(s) for s in sequences], batch_size):
+        # per target token: batch row and distance of its predicting position from the row's end
+        row_index, back, owners = [], [], []
+        for r, s in enumerate(chunk):
+            for i in readers[s]:
+                start = len(prefixes[i]) - 1  # position that predicts target token 0
+                row_index.extend([r] * len(targets[i]))
+                back.extend(len(sequences[s]) - start - j for j in range(len(targets[i])))
+                owners.append(i)
+        keep = max(back)
+        input_ids, mask, positions = left_padded([sequences[s] for s in chunk], pad_id, device)
+        kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        if keep_kwarg is not None:
+            kwargs[keep_kwarg] = keep
+        yield model(**kwargs).logits[:, -keep:], row_index, [keep - b for b in back], owners
+
+
+def _packed_batches(
+    model: torch.nn.Module,
+    prefixes: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    mask_form: str,
+) -> Iterator[Batch]:
+    """Prefix-tree packed batches (:mod:`edit_runner.models.tree_packing`); yields as :func:`_padded_batches`."""
+    needed = [tuple(p) + tuple(t[:-1]) for p, t in zip(prefixes, targets)]
+    distinct = list(dict.fromkeys(needed))
+    number = {seq: k for k, seq in enumerate(distinct)}
+    readers: list[list[int]] = [[] for _ in distinct]
+    reads: list[set[int]] = [set() for _ in distinct]
+    for i, seq in enumerate(needed):
+        k = number[seq]
+        readers[k].append(i)
+        reads[k].update(range(len(prefixes[i]), len(prefixes[i]) + len(targets[i])))
+    layout = pack_prefix_trees(distinct, [sorted(r) for r in reads], max(ROW_CAPACITY, *map(len, distinct)))
+    in_row: list[list[int]] = [[] for _ in layout.rows]
+    for k, r in enumerate(layout.row_of):
+        in_row[r].append(k)
+    device = input_device(model)
+    keep_kwarg = _logits_to_keep_kwarg(model)
+    dtype = model.get_input_embeddings().weight.dtype
+    for batch in row_batches(layout, batch_size * TOKENS_PER_SEQUENCE):
+        packed = packed_batch([layout.rows[r] for r in batch], pad_id, device)
+        mask = packed.attention_mask
+        if mask_form == "additive":
+            mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+        kwargs: dict[str, object] = {"input_ids": packed.input_ids, "attention_mask": mask, "position_ids": packed.position_ids}
+        if keep_kwarg is not None:
+            kwargs[keep_kwarg] = packed.keep
+        first_kept = packed.input_ids.shape[1] - packed.keep
+        row_index, column, owners = [], [], []
+        for b, r in enumerate(batch):
+            for k in in_row[r]:
+                path = layout.paths[k]
+                for i in readers[k]:
+                    nodes = path[len(prefixes[i]) - 1 : len(prefixes[i]) - 1 + len(targets[i])]
+                    row_index.extend([b] * len(nodes))
+                    column.extend(packed.columns[b][node] - first_kept for node in nodes)
+                    owners.append(i)
+        yield model(**kwargs).logits[:, -packed.keep :], row_index, column, owners
+
+
 @torch.no_grad()
 def score_token_sequences(
     model: torch.nn.Module,
@@ -164,40 +281,27 @@ def score_token_sequences(
     """Teacher-forced scores of ``targets[i]`` appended to the token ids ``prefixes[i]``.
 
     Every prefix must be non-empty (the first target token needs a position to be predicted
-    from) and every target non-empty. Each distinct sequence is run once (:func:`shared_sequences`):
-    a prompt scored with several targets, or repeated across records, costs one row. Rows are
-    left padded in length-sorted batches of at most ``batch_size``, so every prediction a row
-    holds lies in its last columns and only those go through the LM head.
+    from) and every target non-empty. Shared work runs once: prefix-tree packed rows of at most
+    :data:`ROW_CAPACITY` tokens, ``batch_size`` × :data:`TOKENS_PER_SEQUENCE` tokens per forward,
+    where the model takes tree masks; else left-padded length-sorted batches of at most
+    ``batch_size`` distinct sequences. Only the read positions go through the LM head.
     """
     if len(prefixes) != len(targets):
         raise ValueError(f"{len(prefixes)} prefixes but {len(targets)} targets")
     _check_non_empty(prefixes)
     if not all(targets):
         raise DataError("a target has no tokens; give a non-empty target")
-    sequences, holder = shared_sequences(prefixes, targets)
-    readers: list[list[int]] = [[] for _ in sequences]
-    for i, s in enumerate(holder):
-        readers[s].append(i)
+    if not prefixes:
+        return []
     results: list[TargetScore | None] = [None] * len(prefixes)
-    device = input_device(model)
-    keep_kwarg = _logits_to_keep_kwarg(model)
-    for chunk in length_sorted_chunks([len(s) for s in sequences], batch_size):
-        # per target token: batch row, distance of its predicting position from the row's end, token id
-        row_index, back, token_ids, owners = [], [], [], []
-        for r, s in enumerate(chunk):
-            for i in readers[s]:
-                start = len(prefixes[i]) - 1  # position that predicts target token 0
-                row_index.extend([r] * len(targets[i]))
-                back.extend(len(sequences[s]) - start - j for j in range(len(targets[i])))
-                token_ids.extend(targets[i])
-                owners.append(i)
-        keep = max(back)
-        input_ids, mask, positions = left_padded([sequences[s] for s in chunk], pad_id, device)
-        kwargs: dict[str, object] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
-        if keep_kwarg is not None:
-            kwargs[keep_kwarg] = keep
-        logits = model(**kwargs).logits[:, -keep:]
-        selected = logits[torch.tensor(row_index, device=logits.device), keep - torch.tensor(back, device=logits.device)].float()
+    mask_form = tree_mask_form(model, max(len(p) + len(t) - 1 for p, t in zip(prefixes, targets)))
+    if mask_form is None:
+        batches = _padded_batches(model, prefixes, targets, batch_size, pad_id)
+    else:
+        batches = _packed_batches(model, prefixes, targets, batch_size, pad_id, mask_form)
+    for logits, row_index, column, owners in batches:
+        selected = logits[torch.tensor(row_index, device=logits.device), torch.tensor(column, device=logits.device)].float()
+        token_ids = [token for i in owners for token in targets[i]]
         wanted = torch.tensor(token_ids, device=logits.device)
         logprobs = torch.log_softmax(selected, dim=-1).gather(1, wanted[:, None])[:, 0]
         argmax = selected.argmax(dim=-1)
