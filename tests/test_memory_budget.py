@@ -178,6 +178,17 @@ def test_gpu_benchmark_runs_tiny_on_cpu(tmp_path):
     assert "| memit |" in stdout and "10k edits (h)" in stdout
 
 
+def test_evaluation_benchmark_runs_on_a_random_shape_and_agrees_with_the_reference(tmp_path):
+    """The GPU check's evaluation benchmark (scripts/device_check.sh), tiny on the CPU: it exits
+    non-zero if any NLL differs by more than 1e-4 or any accuracy flag differs."""
+    stdout = run_script(
+        "bench_eval.py", "--random-shape", "llama3-8b", "--tiny", "--device", "cpu", "--num", "6",
+        "--rounds", "1", "--skip-loop", "--reference-sample", "3", cwd=tmp_path,
+    )
+    assert "accuracy flags differing 0" in stdout and "projected" in stdout
+    assert "tokens fed to the model" in stdout
+
+
 def test_scaling_script_keeps_checkpoints_constant(tmp_path):
     import json
 
